@@ -1,0 +1,170 @@
+"""ModelConfig: one dataclass for every supported family, built from a Hugging Face `config.json`.
+
+The decoder in `model.py` reads only this dataclass, never the raw JSON, so each family's
+quirks are resolved here once, into plain switches:
+
+    Llama     silu MLP, optional Llama-3 RoPE scaling, optional attention/MLP biases
+    Qwen2     q/k/v biases (o_proj has none), optional sliding window on the top layers
+    Qwen3     per-head RMSNorm on q and k (`q_norm`, `k_norm`), head_dim != hidden / heads
+    Gemma-2   (1 + w) RMSNorms, four per layer, embeddings scaled by sqrt(hidden),
+              GeGLU-tanh MLP, attention scale query_pre_attn_scalar**-0.5, attention and
+              final logit tanh softcaps, sliding window on every other layer
+
+A `*ForSequenceClassification` architecture (the meta RM) sets `num_labels` and a `score`
+head instead of `lm_head`. Anything we do not implement is refused with an error that
+names the field, rather than silently computing something else.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma2")
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+ROPE_TYPES = ("default", "llama3")
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+@dataclass
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # None or {"rope_type": "llama3", "factor", ...}
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k before RoPE
+    norm_offset: float = 0.0  # Gemma: RMSNorm computes x * (1 + w)
+    scale_embeddings: bool = False  # Gemma: embeddings * sqrt(hidden_size)
+    sandwich_norms: bool = False  # Gemma-2: post-attention / pre- and post-feedforward norms
+    attn_scale: float = 0.0  # softmax scale; head_dim**-0.5 unless the family says otherwise
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    sliding_window: int | None = None
+    layer_types: list[str] = field(default_factory=list)
+    num_labels: int = 0  # > 0: sequence-classification head `score` instead of `lm_head`
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    raw: dict = field(default_factory=dict, repr=False)  # the config.json we came from
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.num_labels > 0
+
+    @classmethod
+    def from_pretrained(cls, path) -> "ModelConfig":
+        file = Path(path) / "config.json"
+        if not file.exists():
+            raise FileNotFoundError(f"no config.json in {path}: expected a Hugging Face model folder")
+        return cls.from_dict(json.loads(file.read_text()))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelConfig":
+        mt = raw.get("model_type")
+        if mt not in FAMILIES:
+            raise ValueError(f"unsupported model_type {mt!r}; minigrm supports {', '.join(FAMILIES)}")
+        n_heads = raw["num_attention_heads"]
+        n_layers = raw["num_hidden_layers"]
+        head_dim = raw.get("head_dim") or raw["hidden_size"] // n_heads
+        c = cls(
+            model_type=mt,
+            vocab_size=raw["vocab_size"],
+            hidden_size=raw["hidden_size"],
+            intermediate_size=raw["intermediate_size"],
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=raw.get("num_key_value_heads") or n_heads,
+            head_dim=head_dim,
+            rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
+            hidden_act=raw.get("hidden_act") or raw.get("hidden_activation") or "silu",
+            max_position_embeddings=raw.get("max_position_embeddings", 4096),
+            tie_word_embeddings=raw.get("tie_word_embeddings", mt == "gemma2"),
+            attn_scale=head_dim**-0.5,
+            pad_token_id=raw.get("pad_token_id"),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_id=raw.get("eos_token_id"),
+            raw=raw,
+        )
+        if mt == "gemma2":  # Gemma-2's config stores the activation as `hidden_activation`
+            c.hidden_act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
+        if c.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"unsupported hidden_act {c.hidden_act!r}; minigrm supports {ACTIVATIONS}")
+        c.rope_theta, c.rope_scaling = _rope(raw)
+        _family_switches(c, raw)
+        c.num_labels = _num_labels(raw)
+        return c
+
+
+def _rope(raw: dict) -> tuple[float, dict | None]:
+    """Read RoPE from either layout: transformers<5 (`rope_theta` + `rope_scaling`) or >=5
+    (`rope_parameters` holding both)."""
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", None) or raw.get("rope_theta") or 10000.0
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"unsupported rope_scaling type {rope_type!r}; minigrm supports {ROPE_TYPES}")
+    if raw.get("partial_rotary_factor", 1.0) != 1.0 or params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("unsupported field partial_rotary_factor != 1.0")
+    if rope_type == "default":
+        return float(theta), None
+    scaling = {"rope_type": "llama3", "factor": params["factor"],
+               "low_freq_factor": params["low_freq_factor"], "high_freq_factor": params["high_freq_factor"],
+               "original_max_position_embeddings": params.get("original_max_position_embeddings",
+                                                              raw.get("max_position_embeddings"))}
+    return float(theta), scaling
+
+
+def _family_switches(c: ModelConfig, raw: dict) -> None:
+    n = c.num_hidden_layers
+    if c.model_type == "llama":
+        c.qkv_bias = c.o_bias = bool(raw.get("attention_bias", False))
+        c.mlp_bias = bool(raw.get("mlp_bias", False))
+    elif c.model_type == "qwen2":
+        c.qkv_bias = True  # hard-wired in Qwen2, whatever attention_bias says
+    elif c.model_type == "qwen3":
+        c.qkv_bias = c.o_bias = bool(raw.get("attention_bias", False))
+        c.qk_norm = True
+    elif c.model_type == "gemma2":
+        c.norm_offset, c.scale_embeddings, c.sandwich_norms = 1.0, True, True
+        c.attn_scale = raw.get("query_pre_attn_scalar", 256) ** -0.5
+        c.attn_logit_softcapping = raw.get("attn_logit_softcapping", 50.0)
+        c.final_logit_softcapping = raw.get("final_logit_softcapping", 30.0)
+        c.sliding_window = raw.get("sliding_window", 4096)
+        c.qkv_bias = c.o_bias = bool(raw.get("attention_bias", False))
+        if raw.get("use_bidirectional_attention"):
+            raise ValueError("unsupported field use_bidirectional_attention=True (minigrm is causal only)")
+    if c.model_type in ("qwen2", "qwen3"):
+        # Qwen's sliding window (off in every released model) covers layers >= max_window_layers.
+        if raw.get("use_sliding_window"):
+            c.sliding_window = raw.get("sliding_window", 4096)
+            start = raw.get("max_window_layers", n)
+            c.layer_types = [SLIDING if i >= start else FULL for i in range(n)]
+    layer_types = raw.get("layer_types")
+    if layer_types and c.sliding_window is not None:
+        c.layer_types = list(layer_types)
+    elif not c.layer_types:
+        # Gemma-2 alternates sliding (even layers) and global (odd layers) attention.
+        c.layer_types = [SLIDING if c.model_type == "gemma2" and i % 2 == 0 else FULL for i in range(n)]
+    bad = set(c.layer_types) - {FULL, SLIDING}
+    if bad or len(c.layer_types) != n:
+        raise ValueError(f"unsupported layer_types {sorted(bad) or c.layer_types}")
+
+
+def _num_labels(raw: dict) -> int:
+    archs = raw.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        return 0
+    if "num_labels" in raw:
+        return int(raw["num_labels"])
+    return len(raw.get("id2label") or {0: "LABEL_0", 1: "LABEL_1"})  # transformers' default is 2

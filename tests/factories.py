@@ -1,0 +1,67 @@
+"""Tiny random Hugging Face checkpoints of every supported family, built with transformers.
+
+Weights are re-drawn at a scale where every path matters (unit-variance activations, norm
+weights far from their init, biases non-zero), so a missing `(1 + w)` or a wrong softcap
+changes the logits by far more than the test tolerance.
+"""
+import torch
+import transformers
+
+VOCAB = 96
+
+
+def hf_config(family: str, **overrides):
+    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if family == "llama":
+        cfg = dict(base, tie_word_embeddings=False, rope_theta=10000.0)
+    elif family == "llama3":  # Llama-3.1 RoPE scaling, tied head (as in Llama-3.2-1B)
+        cfg = dict(base, tie_word_embeddings=True, rope_theta=500000.0,
+                   rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                     high_freq_factor=4.0, original_max_position_embeddings=64))
+        family = "llama"
+    elif family == "qwen2":
+        cfg = dict(base, tie_word_embeddings=True, rope_theta=1000000.0)
+    elif family == "qwen3":  # head_dim != hidden / heads
+        cfg = dict(base, head_dim=24, tie_word_embeddings=False, rope_theta=1000000.0)
+    elif family == "gemma2":  # small window and caps so both change the result
+        cfg = dict(base, head_dim=32, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
+                   sliding_window=7, attn_logit_softcapping=5.0, final_logit_softcapping=4.0)
+    else:
+        raise ValueError(family)
+    cfg.update(overrides)
+    return transformers.AutoConfig.for_model(family, **cfg)
+
+
+@torch.no_grad()
+def perturb(model, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g)
+        if p.ndim == 1 and "norm" in name:
+            p.copy_(p + 0.3 * noise)  # far from 1 (Llama) or 0 (Gemma's 1 + w)
+        elif p.ndim == 1:
+            p.copy_(0.2 * noise)  # biases
+        elif "embed" in name:
+            p.copy_(noise)
+        else:
+            p.copy_(noise / p.shape[1] ** 0.5)
+    return model
+
+
+def hf_model(family: str, classifier: bool = False, seed: int = 0, **overrides):
+    """A perturbed random transformers model in fp32 eval mode."""
+    torch.manual_seed(seed)
+    config = hf_config(family, **overrides)
+    if classifier:
+        config.num_labels = 1
+        model = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return perturb(model.float(), seed).eval()
+
+
+def save_hf(model, path, **kwargs):
+    model.save_pretrained(path, **kwargs)
+    return path

@@ -1,0 +1,103 @@
+"""The decoder equals transformers, family by family, on tiny perturbed checkpoints (fp32)."""
+import pytest
+import torch
+
+import minigrm
+from factories import VOCAB, hf_model, save_hf
+
+FAMILIES = ["llama", "llama3", "qwen2", "qwen3", "gemma2"]
+TOL = 1e-4
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def random_ids(B=2, T=40, seed=0):  # T=40 is far past the gemma2 fixture's window of 7
+    return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_logits_match_transformers(family, tmp_path):
+    hf = hf_model(family)
+    ours = minigrm.load_model(save_hf(hf, tmp_path))
+    ids = random_ids()
+    with torch.no_grad():
+        ref, out = hf(ids).logits, ours(ids)
+    assert out.shape == (2, 40, VOCAB)
+    assert ref.std() > 0.5  # the test is only as strong as the logits are far from zero
+    assert max_diff(out, ref) < TOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_classifier_rewards_match_transformers(family, tmp_path):
+    hf = hf_model(family, classifier=True)
+    ours = minigrm.load_model(save_hf(hf, tmp_path))
+    ids = random_ids(B=3, T=20)
+    ids[0, 15:] = 0  # right padding with pad_token_id=0: reward read at position 14
+    ids[1, 7:] = 0
+    with torch.no_grad():
+        ref = hf(ids).logits.squeeze(-1)  # (B,) pooled by transformers
+        per_position = ours(ids)  # (B, T)
+    assert per_position.shape == (3, 20)
+    pooled = minigrm.sequence_rewards(per_position, ids, pad_token_id=0)
+    assert max_diff(pooled, ref) < TOL
+    assert max_diff(pooled[0], per_position[0, 14]) == 0
+
+
+def test_gemma2_sliding_window_and_softcaps_matter(tmp_path):
+    """Guards the guard: each Gemma-2 feature changes logits by far more than TOL."""
+    ids = random_ids()
+    base = minigrm.load_model(save_hf(hf_model("gemma2"), tmp_path / "base"))
+    with torch.no_grad():
+        ref = base(ids)
+        for override in [dict(sliding_window=4096), dict(attn_logit_softcapping=None),
+                         dict(final_logit_softcapping=None), dict(query_pre_attn_scalar=32)]:
+            other = minigrm.load_model(save_hf(hf_model("gemma2", **override), tmp_path / str(override)))
+            assert max_diff(other(ids), ref) > 100 * TOL, override
+
+
+def test_untied_and_tied_heads(tmp_path):
+    untied = minigrm.load_model(save_hf(hf_model("llama"), tmp_path / "untied"))
+    tied = minigrm.load_model(save_hf(hf_model("qwen2"), tmp_path / "tied"))
+    assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("family", ["llama3", "gemma2"])
+def test_sharded_transformers_checkpoint(family, tmp_path):
+    hf = hf_model(family)
+    hf.save_pretrained(tmp_path, max_shard_size="40KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 3
+    ours = minigrm.load_model(tmp_path)
+    with torch.no_grad():
+        assert max_diff(ours(random_ids()), hf(random_ids()).logits) < TOL
+
+
+@pytest.mark.parametrize("stored,requested", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)])
+def test_dtype_conversion_on_load(stored, requested, tmp_path):
+    hf = hf_model("qwen3").to(stored)
+    ours = minigrm.load_model(save_hf(hf, tmp_path), dtype=requested)
+    assert {p.dtype for p in ours.parameters()} == {requested}
+    assert all(p.device.type == "cpu" for p in ours.parameters())  # nothing left on meta
+    w_hf = hf.model.layers[1].mlp.up_proj.weight
+    assert torch.equal(ours.model.layers[1].mlp.up_proj.weight, w_hf.to(requested))
+
+
+def test_bf16_forward_close_to_transformers(tmp_path):
+    hf = hf_model("gemma2").to(torch.bfloat16)
+    ours = minigrm.load_model(save_hf(hf, tmp_path), dtype=torch.bfloat16)
+    with torch.no_grad():
+        ref, out = hf(random_ids()).logits.float(), ours(random_ids()).float()
+    assert max_diff(out, ref) < 0.1 * ref.abs().max()
+
+
+def test_greedy_generate_matches_transformers(tmp_path):
+    hf = hf_model("qwen2")
+    ours = minigrm.load_model(save_hf(hf, tmp_path))
+    prompt = [5, 17, 33, 8, 61]
+    out = minigrm.greedy_generate(ours, prompt, max_new_tokens=12)
+    ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                      eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert out == ref
