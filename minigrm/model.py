@@ -82,24 +82,26 @@ def apply_rope(x, cos, sin):
 
 
 def causal_attention(q, k, v, scale: float, softcap: float | None = None, window: int | None = None):
-    """Reference attention over whole sequences. q (B, T, H, D); k, v (B, T, Hkv, D) -> (B, T, H, D).
+    """Reference attention. q (B, Tq, H, D); k, v (B, Tk, Hkv, D) -> (B, Tq, H, D), Tq <= Tk.
 
-    Query i sees keys j with i - window < j <= i (window=None: all j <= i). The softcap
-    (Gemma-2) is tanh(s / cap) * cap applied to the scaled scores before masking.
+    The queries are the last Tq of the Tk positions (Tq < Tk: a prefill on top of a cached
+    prefix). Query at position i sees keys j with i - window < j <= i (window=None: all j <= i).
+    The softcap (Gemma-2) is tanh(s / cap) * cap applied to the scaled scores before masking.
     """
-    T = q.shape[1]
+    Tq, Tk = q.shape[1], k.shape[1]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-    i = torch.arange(T, device=q.device)
-    allowed = i[None, :] <= i[:, None]  # (T, T)
+    i = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]  # query positions
+    j = torch.arange(Tk, device=q.device)[None, :]  # key positions
+    allowed = j <= i  # (Tq, Tk)
     if window is not None:
-        allowed &= i[None, :] > i[:, None] - window
+        allowed &= j > i - window
     if softcap is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale,
                                              enable_gqa=k.shape[1] != q.shape[1])
         return out.transpose(1, 2)
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, T)
+    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
     scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
