@@ -1,0 +1,126 @@
+"""Paged KV cache: fixed-size blocks, block tables, and automatic prefix sharing.
+
+Every layer's cache is one tensor (num_blocks, block_size, Hkv, D) for K and one for V. A
+sequence owns a *block table*: logical block i of the sequence lives in physical block
+table[i]. Token t is stored at slot table[t // block_size] * block_size + t % block_size.
+
+Prefix sharing: a *full* block is identified by its tokens and by the identity of everything
+before it (the key of the previous block), so the same prefix always maps to the same key.
+When a new sequence's full prompt blocks match keys already in the cache, it references those
+blocks (ref count + 1) instead of allocating and recomputing them. The k samples of one prompt
+and the differently shuffled GRM prompts of one query (same template, same conversation) thus
+store and prefill their common prefix once.
+
+Freed blocks (ref count 0) keep their content and key in an LRU free list: a later request with
+the same prefix revives them for free, and they are only forgotten when reallocated.
+"""
+from collections import OrderedDict
+
+import torch
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.ref_count = [0] * num_blocks
+        self.key_of: list[tuple | None] = [None] * num_blocks  # key of a full, registered block
+        self.block_of: dict[tuple, int] = {}  # key -> physical block
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))  # LRU order
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def block_key(self, parent_key, tokens) -> tuple:
+        # hash(parent_key) chains the whole prefix into one int; the tokens are compared exactly.
+        return (hash(parent_key), tuple(tokens))
+
+    def _take(self, block: int) -> int:
+        if self.ref_count[block] == 0:
+            del self.free[block]
+        self.ref_count[block] += 1
+        return block
+
+    def _allocate_fresh(self) -> int:
+        block, _ = self.free.popitem(last=False)  # least recently freed
+        if self.key_of[block] is not None:  # its old content is about to be overwritten
+            del self.block_of[self.key_of[block]]
+            self.key_of[block] = None
+        self.ref_count[block] = 1
+        return block
+
+    def cached_prefix(self, tokens: list[int]) -> list[int]:
+        """Physical blocks already holding a prefix of `tokens` (full blocks only, never the
+        block holding the last token, whose logits the step must compute)."""
+        blocks, key = [], None
+        for i in range((len(tokens) - 1) // self.block_size):
+            key = self.block_key(key, tokens[i * self.block_size:(i + 1) * self.block_size])
+            if key not in self.block_of:
+                break
+            blocks.append(self.block_of[key])
+        return blocks
+
+    def blocks_needed(self, tokens: list[int]) -> int:
+        """Fresh blocks an `allocate(tokens)` would take from the free list."""
+        cached = self.cached_prefix(tokens)
+        revived = sum(1 for b in cached if self.ref_count[b] == 0)
+        return -(-len(tokens) // self.block_size) - len(cached) + revived
+
+    def allocate(self, tokens: list[int]) -> tuple[list[int], int, tuple | None]:
+        """Block table for a new sequence, how many of its tokens are already cached, and the
+        key of its last full block. Full blocks it will compute are registered now: sequences
+        admitted in the same step share them, since each layer stores every token's K/V before
+        any attention reads the cache."""
+        table, key = [], None
+        for block in self.cached_prefix(tokens):
+            table.append(self._take(block))
+            key = self.key_of[block]
+        num_cached = len(table) * self.block_size
+        while len(table) * self.block_size < len(tokens):
+            i = len(table)
+            table.append(self._allocate_fresh())
+            if (i + 1) * self.block_size <= len(tokens):
+                key = self.register(table[i], key, tokens[i * self.block_size:(i + 1) * self.block_size])
+        return table, num_cached, key
+
+    def register(self, block: int, parent_key, tokens) -> tuple:
+        """Record a full block's content so later sequences can share it; returns its key."""
+        key = self.block_key(parent_key, tokens)
+        if key in self.block_of:  # the same content already lives elsewhere: keep that one
+            return key
+        self.block_of[key] = block
+        self.key_of[block] = key
+        return key
+
+    def append_block(self, table: list[int]) -> None:
+        table.append(self._allocate_fresh())
+
+    def release(self, table: list[int]) -> None:
+        for block in reversed(table):  # tail blocks first: they are the least likely to be shared
+            self.ref_count[block] -= 1
+            if self.ref_count[block] == 0:
+                self.free[block] = None
+        table.clear()
+
+
+def allocate_kv_cache(config, num_blocks: int, block_size: int, dtype, device):
+    """Per-layer K and V caches: lists of (num_blocks, block_size, Hkv, D) tensors."""
+    shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+    k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+    v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+    return k, v
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.itemsize
+
+
+def num_blocks_for(config, block_size: int, dtype, device, memory_fraction=0.9, cpu_budget_bytes=2 * 2**30):
+    """Blocks that fit: a fraction of free GPU memory on CUDA, a fixed budget on CPU."""
+    per_block = kv_bytes_per_token(config, dtype) * block_size
+    if torch.device(device).type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free * memory_fraction
+    else:
+        budget = cpu_budget_bytes
+    return max(2, int(budget // per_block))
