@@ -7,5 +7,7 @@
 from .checkpoint import load_model, save_model
 from .config import ModelConfig
 from .model import CausalLM, greedy_generate, sequence_rewards
+from .tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["CausalLM", "ModelConfig", "greedy_generate", "load_model", "save_model", "sequence_rewards"]
+__all__ = ["CausalLM", "ModelConfig", "Tokenizer", "greedy_generate", "load_model", "load_tokenizer",
+           "save_model", "sequence_rewards"]
