@@ -1,6 +1,13 @@
 """Shared fixtures: the real SmolLM2-135M-Instruct checkpoint; GPU tests skip without CUDA."""
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton decides interpreted vs compiled when a kernel module is imported: without a GPU,
+    # every kernel a test forces (set_backend("triton")) must run in the interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from minigrm.fixtures import smollm2_path as _smollm2_path
 
