@@ -20,8 +20,8 @@ import torch
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
-        self.num_blocks, self.block_size = num_blocks, block_size
+    def __init__(self, num_blocks: int, block_size: int, prefix_sharing: bool = True):
+        self.num_blocks, self.block_size, self.prefix_sharing = num_blocks, block_size, prefix_sharing
         self.ref_count = [0] * num_blocks
         self.key_of: list[tuple | None] = [None] * num_blocks  # key of a full, registered block
         self.block_of: dict[tuple, int] = {}  # key -> physical block
@@ -53,6 +53,8 @@ class BlockManager:
         """Physical blocks already holding a prefix of `tokens` (full blocks only, never the
         block holding the last token, whose logits the step must compute)."""
         blocks, key = [], None
+        if not self.prefix_sharing:
+            return blocks
         for i in range((len(tokens) - 1) // self.block_size):
             key = self.block_key(key, tokens[i * self.block_size:(i + 1) * self.block_size])
             if key not in self.block_of:
@@ -86,7 +88,7 @@ class BlockManager:
     def register(self, block: int, parent_key, tokens) -> tuple:
         """Record a full block's content so later sequences can share it; returns its key."""
         key = self.block_key(parent_key, tokens)
-        if key in self.block_of:  # the same content already lives elsewhere: keep that one
+        if key in self.block_of or not self.prefix_sharing:  # the same content already lives elsewhere: keep that one
             return key
         self.block_of[key] = block
         self.key_of[block] = key

@@ -1,0 +1,147 @@
+"""Benchmark the GRM sampling workload against Hugging Face `generate`, in one run.
+
+    python -m minigrm.bench                                    # SmolLM2-135M, CPU-sized workload
+    python -m minigrm.bench --model random:qwen2.5-1.5b --device cuda --dtype bfloat16 \
+        --prompts 32 --k 8 --prompt-len 1536 --new-tokens 512 --cuda-graphs
+
+Workload (PERF.md): P queries x k samples each, prompts of a given length, a fixed number of
+new tokens (EOS ignored, so both engines produce exactly P * k * new tokens). The same weights
+and prompts go to minigrm's Engine and to `transformers` `generate(num_return_sequences=k)`;
+the script prints output tokens/s for both, their ratio and, on CUDA, the fraction of the
+memory-bandwidth roofline: per decode step the GPU must read the weights once and every
+sequence's KV once, so tokens/s <= batch * bandwidth / (W + sum_seq ctx * kv_bytes_per_token).
+"""
+import argparse
+import tempfile
+import time
+
+import torch
+
+from .checkpoint import load_model
+from .config import ModelConfig
+from .engine import Engine
+from .kv_cache import kv_bytes_per_token
+from .sampling import SamplingParams
+
+# Realistic shapes with random weights (no hub here): enough to measure speed.
+SHAPES = {
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "gemma-2-2b": dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
+                       query_pre_attn_scalar=256, sliding_window=4096, hidden_activation="gelu_pytorch_tanh"),
+}
+BANDWIDTH = {"H100": 3.0e12, "H200": 4.8e12}  # achievable-copy (H100) / spec (H200) bytes/s
+
+
+def build_model_dir(name: str, dtype) -> str:
+    """A folder with the named model: 'smollm2' or 'random:<shape>' (saved by transformers)."""
+    if name == "smollm2":
+        from .fixtures import smollm2_path
+        return str(smollm2_path())
+    if not name.startswith("random:"):
+        return name  # a user's HF folder
+    import transformers
+    shape = dict(SHAPES[name.removeprefix("random:")])
+    config = transformers.AutoConfig.for_model(shape.pop("model_type"), max_position_embeddings=8192, **shape)
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    folder = tempfile.mkdtemp(prefix="minigrm-bench-")
+    model.save_pretrained(folder)
+    return folder
+
+
+def roofline_tokens_per_s(config, n_params: int, dtype, batch: int, ctx: float, bandwidth: float) -> float:
+    step_bytes = n_params * dtype.itemsize + batch * ctx * kv_bytes_per_token(config, dtype)
+    return batch * bandwidth / step_bytes
+
+
+def run_minigrm(model, prompts, args) -> float:
+    engine = Engine(model, None, max_num_seqs=max(len(prompts) * args.k, 1), cuda_graphs=args.cuda_graphs,
+                    progress=False, kv_cache_bytes=args.kv_cache_gb * 2**30)
+    params = SamplingParams(n=args.k, temperature=args.temperature, max_tokens=args.new_tokens,
+                            ignore_eos=True, seed=0)
+    engine.generate([p[:8] for p in prompts[:1]], SamplingParams(n=2, max_tokens=4, ignore_eos=True))  # warm-up
+    engine.blocks.__init__(engine.blocks.num_blocks, engine.blocks.block_size)  # cold prefix cache
+    sync(model)
+    t = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    sync(model)
+    assert all(len(c.token_ids) == args.new_tokens for group in outs for c in group)
+    return time.perf_counter() - t
+
+
+def run_hf(hf, prompts, args) -> float:
+    ids = torch.tensor(prompts, device=next(hf.parameters()).device)
+    kw = dict(do_sample=args.temperature > 0, num_return_sequences=args.k, max_new_tokens=args.new_tokens,
+              min_new_tokens=args.new_tokens, pad_token_id=0, attention_mask=torch.ones_like(ids))
+    if args.temperature > 0:
+        kw.update(temperature=args.temperature, top_p=1.0, top_k=0)
+    hf.generate(ids[:1, :8], **dict(kw, max_new_tokens=4, min_new_tokens=4, attention_mask=None))  # warm-up
+    sync(hf)
+    t = time.perf_counter()
+    out = hf.generate(ids, **kw)
+    sync(hf)
+    assert out.shape == (len(prompts) * args.k, ids.shape[1] + args.new_tokens)
+    return time.perf_counter() - t
+
+
+def sync(model):
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="smollm2, random:<shape> (%s) or an HF folder" % ", ".join(SHAPES))
+    ap.add_argument("--prompts", type=int, default=4, help="P: distinct queries")
+    ap.add_argument("--k", type=int, default=8, help="samples per query")
+    ap.add_argument("--prompt-len", type=int, default=256, help="tokens per prompt")
+    ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample (EOS ignored)")
+    ap.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (0 = greedy)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay decode steps from CUDA graphs")
+    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache budget on CPU (GiB)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    args = ap.parse_args(argv)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
+    torch.set_grad_enabled(False)
+
+    folder = build_model_dir(args.model, dtype)
+    model = load_model(folder, dtype=dtype, device=args.device)
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    prompts = torch.randint(100, min(vocab, 30000), (args.prompts, args.prompt_len), generator=g).tolist()
+    n_tokens = args.prompts * args.k * args.new_tokens
+
+    t_ours = run_minigrm(model, prompts, args)
+    rows = [("minigrm", t_ours)]
+    if not args.no_hf:
+        import transformers
+        del model
+        hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device).eval()
+        rows.append(("transformers", run_hf(hf, prompts, args)))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"\n{args.model} on {device}, {dtype}: {args.prompts} prompts x k={args.k}, "
+          f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens each (EOS ignored)")
+    print(f"{'engine':<14}{'seconds':>10}{'tokens/s':>12}")
+    for name, t in rows:
+        print(f"{name:<14}{t:>10.2f}{n_tokens / t:>12.1f}")
+    if len(rows) == 2:
+        print(f"speed-up vs transformers: {rows[1][1] / t_ours:.2f}x")
+    if args.device == "cuda":
+        config = ModelConfig.from_pretrained(folder)
+        bw = next((b for k, b in BANDWIDTH.items() if k in device), 3.0e12)
+        bound = roofline_tokens_per_s(config, n_params, dtype, args.prompts * args.k,
+                                      args.prompt_len + args.new_tokens / 2, bw)
+        print(f"roofline bound (no prefix sharing counted, {bw / 1e12:.1f} TB/s): {bound:.0f} tokens/s; "
+              f"minigrm reaches {n_tokens / t_ours / bound:.0%} (decode-only bound; prefill time included)")
+
+
+if __name__ == "__main__":
+    main()

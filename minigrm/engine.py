@@ -1,0 +1,159 @@
+"""Engine: batched, KV-cached sampling with continuous batching and prefix sharing.
+
+    engine = Engine(model, tokenizer)
+    outs = engine.generate(prompts, SamplingParams(n=8, temperature=0.5, max_tokens=1024, seed=0))
+    outs[i][j].text, .token_ids, .logprobs, .finish_reason
+
+Prompts are strings (already chat-formatted; encoded without adding special tokens) or lists
+of token ids. Each of the n samples of prompt i draws from its own counter-based random
+stream seeded by (seed, i, j), so the same seed gives the same outputs whatever the batch
+composition, the step in which a sequence runs, or preemptions in between.
+
+The loop: schedule (scheduler.py) -> run one step on the model (runner.py) -> append each
+sampled token, check EOS / stop strings / length -> release finished sequences' blocks.
+"""
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from .kv_cache import BlockManager, num_blocks_for
+from .runner import ModelRunner
+from .sampling import Completion, SamplingParams
+from .scheduler import FINISHED, Scheduler, Sequence
+
+MASK63 = (1 << 63) - 1
+
+
+def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """Mix (seed, i, j) into an independent 63-bit seed (splitmix64 steps)."""
+    x = seed & MASK63
+    for v in (prompt_index, sample_index):
+        x = (x + 0x9E3779B97F4A7C15 * (v + 1)) & ((1 << 64) - 1)
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
+        x ^= x >> 31
+    return x & MASK63
+
+
+class Engine:
+    def __init__(self, model, tokenizer, block_size: int = 16, num_blocks: int | None = None,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_model_len: int | None = None,
+                 kv_cache_bytes: int = 2 * 2**30, prefix_sharing: bool = True, cuda_graphs: bool = False,
+                 progress: bool = True):
+        if model.config.is_classifier:
+            raise ValueError("Engine samples text: load a *ForCausalLM checkpoint, not a classifier")
+        self.model, self.tokenizer = model, tokenizer
+        p = next(model.parameters())
+        if num_blocks is None:
+            num_blocks = num_blocks_for(model.config, block_size, p.dtype, p.device, cpu_budget_bytes=kv_cache_bytes)
+        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size, prefix_sharing)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max(max_num_batched_tokens, max_num_seqs))
+        self.max_model_len = min(max_model_len or model.config.max_position_embeddings, num_blocks * block_size)
+        eos = getattr(tokenizer, "eos_token_ids", None) or model.config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.progress = progress
+        self._next_id = 0
+        self.stats = {"steps": 0, "prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0}
+        if cuda_graphs and p.is_cuda:
+            from .cuda_graphs import DecodeGraphs
+            self.runner.graphs = DecodeGraphs(self.runner, max_num_seqs, self.max_model_len)
+
+    def _encode(self, prompt) -> list[int]:
+        return list(prompt) if not isinstance(prompt, str) else self.tokenizer.encode(prompt)
+
+    def _check(self, ids: list[int]) -> str | None:
+        if not ids:
+            return "empty prompt"
+        if len(ids) >= self.max_model_len:
+            return (f"prompt of {len(ids)} tokens leaves no room to generate: the limit is "
+                    f"{self.max_model_len} tokens (model context or KV cache of "
+                    f"{self.blocks.num_blocks} blocks x {self.blocks.block_size})")
+        return None
+
+    def generate(self, prompts, params: SamplingParams | None = None, on_finish=None) -> list[list[Completion]]:
+        """-> outs[i][j], the j-th of params.n completions of prompts[i]. `on_finish(i, j,
+        completion)` is called as soon as each one is done (to save results incrementally)."""
+        params = params or SamplingParams()
+        base_seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
+        outs, where = [], {}
+        for i, prompt in enumerate(prompts):
+            ids = self._encode(prompt)
+            error = self._check(ids)
+            if error:
+                outs.append([Completion("", [], [], "error", error) for _ in range(params.n)])
+                for j in range(params.n if on_finish else 0):
+                    on_finish(i, j, outs[i][j])
+                continue
+            outs.append([])
+            for j in range(params.n):
+                seq = Sequence(self._next_id, ids, params, sample_seed(base_seed, i, j))
+                self._next_id += 1
+                where[seq.seq_id] = (i, j)
+                outs[i].append(seq)
+                self.scheduler.add(seq)
+        bar = tqdm(total=len(where), desc="generate", unit="seq", disable=not self.progress or len(where) < 2)
+        while self.scheduler.has_work():
+            for seq in self.step():
+                i, j = where[seq.seq_id]
+                outs[i][j] = self._completion(seq)
+                if on_finish:
+                    on_finish(i, j, outs[i][j])
+                bar.update(1)
+        bar.close()
+        return outs
+
+    def step(self) -> list[Sequence]:
+        """Schedule and run one step; -> the sequences that finished in it."""
+        prefill, decode = self.scheduler.schedule()
+        seqs = prefill + decode
+        if not seqs:
+            raise RuntimeError("scheduler made no progress (KV cache too small for one sequence?)")
+        tokens, logprobs = self.runner.step(prefill, decode)
+        self.stats["steps"] += 1
+        self.stats["prefill_tokens"] += sum(len(s) - s.num_computed for s in prefill)
+        self.stats["cached_tokens"] += sum(s.num_computed for s in prefill)
+        self.stats["decode_tokens"] += len(decode)
+        finished = []
+        for seq, token, logprob in zip(seqs, tokens, logprobs):
+            seq.output_ids.append(token)
+            seq.logprobs.append(logprob)
+            self.scheduler.after_step(seq)
+            reason = self._finish_reason(seq, token)
+            if reason:
+                self.scheduler.finish(seq, reason)
+                finished.append(seq)
+        return finished
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if token in self.eos_ids and not p.ignore_eos:
+            return "stop"
+        if p.stop:
+            window = max(len(s) for s in p.stop) + 2  # a stop string of c chars spans <= c + 1 tokens
+            tail = self.tokenizer.decode(seq.output_ids[-window:])
+            if any(s in tail for s in p.stop):
+                return "stop"
+        if len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _completion(self, seq: Sequence) -> Completion:
+        assert seq.status == FINISHED
+        ids = seq.output_ids
+        shown = ids[:-1] if ids and ids[-1] in self.eos_ids and not seq.params.ignore_eos else ids
+        text = self.tokenizer.decode(shown) if self.tokenizer is not None else ""
+        cuts = [text.find(s) for s in seq.params.stop if s in text]
+        if cuts:
+            text = text[:min(cuts)]
+        return Completion(text, list(ids), list(seq.logprobs), seq.finish_reason)
+
+
+@torch.inference_mode()
+def teacher_forced_logprobs(model, prompt_ids: list[int], output_ids: list[int]) -> list[float]:
+    """log pi(output_t | prompt, output_<t) from one full forward: the slow twin of .logprobs."""
+    ids = torch.tensor([prompt_ids + output_ids], device=next(model.parameters()).device)
+    logits = model(ids)[0, len(prompt_ids) - 1:-1].float()  # (len(output), V)
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(1, torch.tensor(output_ids, device=logp.device)[:, None])[:, 0].tolist()

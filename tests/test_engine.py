@@ -1,0 +1,142 @@
+"""The sampling engine against its slow twins: HF generate, full forwards, sharing off, big pools."""
+import pytest
+import torch
+import transformers
+
+import minigrm
+from factories import hf_model, save_hf
+from minigrm import kernels
+from minigrm.engine import Engine, teacher_forced_logprobs
+from minigrm.sampling import SamplingParams
+
+FAMILIES = ["llama", "llama3", "qwen2", "qwen3", "gemma2"]
+# Two prompts share a 8-token prefix (two full blocks of 4); the second is longer than
+# gemma2's sliding window (7), the third is short.
+PROMPTS = [[5, 17, 33, 8, 61, 7, 9, 11, 3, 4], [5, 17, 33, 8, 61, 7, 9, 11, 80, 81, 82, 83, 84], [40, 41]]
+GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, tmp_path_factory):
+    hf = hf_model(request.param)
+    path = save_hf(hf, tmp_path_factory.mktemp(request.param))
+    return hf, minigrm.load_model(path)
+
+
+def hf_greedy(hf, prompt, n):
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def engine(model, **kw):
+    return Engine(model, None, **{"block_size": 4, "num_blocks": 64, "progress": False, **kw})
+
+
+def test_greedy_equals_transformers_generate(tiny):
+    hf, ours = tiny
+    outs = engine(ours).generate(PROMPTS, GREEDY)
+    for prompt, out in zip(PROMPTS, outs):
+        assert out[0].token_ids == hf_greedy(hf, prompt, 12)
+        assert out[0].finish_reason == "length"
+
+
+def test_sampled_logprobs_equal_teacher_forcing(tiny):
+    _, ours = tiny
+    params = SamplingParams(n=3, temperature=1.5, top_p=0.9, top_k=20, max_tokens=10, ignore_eos=True, seed=3)
+    outs = engine(ours).generate(PROMPTS, params)
+    assert any(len({tuple(c.token_ids) for c in group}) > 1 for group in outs)  # samples differ
+    for prompt, group in zip(PROMPTS, outs):
+        for c in group:
+            ref = teacher_forced_logprobs(ours, prompt, c.token_ids)
+            assert max(abs(a - b) for a, b in zip(ref, c.logprobs)) < 2e-3
+
+
+def test_prefix_sharing_changes_nothing_but_work(tiny):
+    _, ours = tiny
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=8, ignore_eos=True, seed=0)
+    shared, unshared = engine(ours), engine(ours, prefix_sharing=False)
+    a, b = shared.generate(PROMPTS, params), unshared.generate(PROMPTS, params)
+    assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+    assert shared.stats["prefill_tokens"] < unshared.stats["prefill_tokens"]
+    assert shared.stats["cached_tokens"] > 0 and unshared.stats["cached_tokens"] == 0
+
+
+def test_preemption_under_tiny_pool_keeps_outputs(tiny):
+    _, ours = tiny
+    params = SamplingParams(n=3, temperature=0, max_tokens=14, ignore_eos=True)
+    big = engine(ours).generate(PROMPTS, params)
+    small_engine = engine(ours, num_blocks=12)
+    small = small_engine.generate(PROMPTS, params)
+    assert small_engine.scheduler.num_preemptions > 0
+    assert [[c.token_ids for c in g] for g in small] == [[c.token_ids for c in g] for g in big]
+    assert small_engine.blocks.num_free == 12  # nothing leaked
+
+
+def test_same_seed_same_outputs_different_seed_different(tiny):
+    _, ours = tiny
+    p = SamplingParams(n=2, temperature=1.0, max_tokens=8, ignore_eos=True, seed=7)
+    e = engine(ours)
+    a, b = e.generate(PROMPTS, p), e.generate(PROMPTS, p)
+    c = e.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_tokens=8, ignore_eos=True, seed=8))
+    ids = lambda outs: [[x.token_ids for x in g] for g in outs]  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+
+
+def test_bad_prompts_fail_alone(tiny):
+    _, ours = tiny
+    e = engine(ours, num_blocks=8)  # 32 tokens of cache
+    outs = e.generate([[1] * 40, [], PROMPTS[0]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    assert outs[0][0].finish_reason == "error" and "40 tokens" in outs[0][0].error
+    assert outs[1][0].finish_reason == "error" and "empty" in outs[1][0].error
+    assert outs[2][0].finish_reason == "length" and len(outs[2][0].token_ids) == 4
+
+
+def test_engine_on_triton_kernels_equals_torch_path(tmp_path):
+    """The whole engine with every kernel forced (interpreted on CPU) gives the torch path's tokens."""
+    ours = minigrm.load_model(save_hf(hf_model("gemma2"), tmp_path))
+    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=6, ignore_eos=True, seed=1)
+    ref = engine(ours).generate(PROMPTS, params)
+    kernels.set_backend("triton")
+    try:
+        out = engine(ours).generate(PROMPTS, params)
+    finally:
+        kernels.set_backend("auto")
+    for g_ref, g_out in zip(ref, out):
+        for a, b in zip(g_ref, g_out):
+            assert a.token_ids == b.token_ids
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+# --- the real SmolLM2 --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    return (transformers.AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval(),
+            minigrm.load_model(smollm2_path), minigrm.load_tokenizer(smollm2_path))
+
+
+QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "Is 17 a prime number? Explain."]
+
+
+def test_smollm2_greedy_equals_transformers(smol):
+    hf, ours, tok = smol
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}]) for q in QUESTIONS]
+    outs = Engine(ours, tok, progress=False).generate(prompts, SamplingParams(temperature=0, max_tokens=24))
+    for prompt, out in zip(prompts, outs):
+        ids = tok.encode(prompt)
+        ref = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+        assert out[0].token_ids == ref
+        assert out[0].text == tok.decode([t for t in ref if t not in tok.eos_token_ids])
+
+
+def test_smollm2_stop_strings_and_eos(smol):
+    _, ours, tok = smol
+    prompt = tok.apply_chat_template([{"role": "user", "content": "List the numbers from 1 to 10."}])
+    e = Engine(ours, tok, progress=False)
+    free = e.generate([prompt], SamplingParams(temperature=0, max_tokens=80))[0][0]
+    assert free.finish_reason == "stop" and free.token_ids[-1] in tok.eos_token_ids
+    assert "<|im_end|>" not in free.text and "5" in free.text
+    cut = e.generate([prompt], SamplingParams(temperature=0, max_tokens=80, stop=["5"]))[0][0]
+    assert cut.finish_reason == "stop" and "5" not in cut.text and free.text.startswith(cut.text)
+    long = e.generate([prompt], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))[0][0]
+    assert long.finish_reason == "length" and len(long.token_ids) == 40
