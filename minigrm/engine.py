@@ -72,9 +72,12 @@ class Engine:
                     f"{self.blocks.num_blocks} blocks x {self.blocks.block_size})")
         return None
 
-    def generate(self, prompts, params: SamplingParams | None = None, on_finish=None) -> list[list[Completion]]:
+    def generate(self, prompts, params: SamplingParams | None = None, on_finish=None,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
         """-> outs[i][j], the j-th of params.n completions of prompts[i]. `on_finish(i, j,
-        completion)` is called as soon as each one is done (to save results incrementally)."""
+        completion)` is called as soon as each one is done (to save results incrementally).
+        `seeds[i]`, when given, replaces (params.seed, i) as prompt i's seed, so a prompt's
+        samples do not depend on which other prompts share the call (resumable runs)."""
         params = params or SamplingParams()
         base_seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
         outs, where = [], {}
@@ -88,7 +91,8 @@ class Engine:
                 continue
             outs.append([])
             for j in range(params.n):
-                seq = Sequence(self._next_id, ids, params, sample_seed(base_seed, i, j))
+                seed = sample_seed(base_seed, i, j) if seeds is None else sample_seed(seeds[i], 0, j)
+                seq = Sequence(self._next_id, ids, params, seed)
                 self._next_id += 1
                 where[seq.seq_id] = (i, j)
                 outs[i].append(seq)

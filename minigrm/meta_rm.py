@@ -1,0 +1,63 @@
+"""The meta reward model: a scalar-head model that rates each sampled judgment (paper §4).
+
+Input (GRM_SPEC §1): a user turn "Please score the responses." + the conversation context +
+the responses *in the order the GRM saw them*, and the GRM's generated principles and critique
+as the assistant turn, rendered with the meta RM's chat template (add_generation_prompt=False).
+Output: one scalar logit per judgment; a higher value means the judgment is more likely
+correct (Eq. 10), which is what meta-RM training's binary cross-entropy teaches it.
+
+The checkpoint is an HF `*ForSequenceClassification` folder (num_labels=1, a `score` head),
+such as the released DeepSeek-GRM-27B-MetaRM. The reward is read at each sequence's last
+token (its length - 1): equal to transformers' "rightmost non-pad token" rule whenever the
+text does not end in the pad token, and robust when the pad token also occurs inside it.
+Open choice (not stated by the paper): the exact rendering of the assistant turn; we use the
+tokenizer's own chat template, trailing end-of-turn tokens included.
+"""
+import torch
+
+from .checkpoint import load_model
+from .prompts import meta_rm_messages
+from .tokenizer import load_tokenizer
+
+
+class MetaRM:
+    def __init__(self, model, tokenizer, max_tokens_per_batch: int = 16384):
+        if not model.config.is_classifier or model.config.num_labels != 1:
+            raise ValueError("the meta RM must be a *ForSequenceClassification checkpoint with num_labels=1")
+        self.model, self.tokenizer, self.max_tokens_per_batch = model, tokenizer, max_tokens_per_batch
+
+    def encode(self, context, shown_responses: list[str], judgment: str) -> list[int]:
+        text = self.tokenizer.apply_chat_template(meta_rm_messages(context, shown_responses, judgment),
+                                                  add_generation_prompt=False)
+        return self.tokenizer.encode(text)
+
+    @torch.inference_mode()
+    def score_ids(self, sequences: list[list[int]]) -> list[float]:
+        """One reward per token sequence, in batches of similar length (right-padded)."""
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        rewards = [0.0] * len(sequences)
+        start = 0
+        while start < len(order):
+            end = start + 1  # grow the batch while (rows x longest) fits the token budget
+            while end < len(order) and (end + 1 - start) * len(sequences[order[end]]) <= self.max_tokens_per_batch:
+                end += 1
+            batch = [sequences[i] for i in order[start:end]]
+            width = max(len(s) for s in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            for row, s in enumerate(batch):
+                ids[row, :len(s)] = torch.tensor(s)
+            r = self.model(ids.to(device)).float()  # (B, T) per-position rewards
+            last = torch.tensor([len(s) - 1 for s in batch], device=device)
+            for i, value in zip(order[start:end], r[torch.arange(len(batch), device=device), last].tolist()):
+                rewards[i] = value
+            start = end
+        return rewards
+
+    def score(self, contexts, shown_responses, judgments) -> list[float]:
+        """Meta rewards for parallel lists of (context, responses as shown, judgment text)."""
+        return self.score_ids([self.encode(c, r, j) for c, r, j in zip(contexts, shown_responses, judgments)])
+
+
+def load_meta_rm(path, dtype=torch.float32, device="cpu", **kw) -> MetaRM:
+    return MetaRM(load_model(path, dtype=dtype, device=device), load_tokenizer(path), **kw)
