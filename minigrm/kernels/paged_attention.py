@@ -26,6 +26,7 @@ dots run upcast to fp32 (see `_dot`); on GPU they are native bf16 tensor-core do
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -204,22 +205,29 @@ def gather_kv(k_cache, v_cache, block_table_row, length: int):
 
 def paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, scale,
                                softcap=None, window=None, num_splits=None):
-    """The readable twin: gather each sequence's K/V and attend plainly, in fp32."""
+    """The readable twin (and the CPU path): gather every sequence's K/V through its block
+    table into a padded (B, L, Hkv, D) batch, mask positions past its length (and outside its
+    window), attend in fp32."""
     B, H, D, page, Hkv = _check(q, k_cache, v_cache, block_tables, context_lens)
-    out = torch.empty_like(q)  # (B, H, D)
-    for b in range(B):
-        length = int(context_lens[b])
-        k, v = gather_kv(k_cache, v_cache, block_tables[b], length)  # (L, Hkv, D)
-        k = k.float().repeat_interleave(H // Hkv, dim=1)  # (L, H, D): head h reads h // G
-        v = v.float().repeat_interleave(H // Hkv, dim=1)
-        s = torch.einsum("hd,lhd->hl", q[b].float(), k) * scale  # (H, L)
-        if softcap is not None:
-            s = softcap * torch.tanh(s / softcap)
-        if window is not None:  # the query sits at p = length - 1 and sees p - window < j
-            s[:, : max(length - window, 0)] = float("-inf")
-        p = torch.softmax(s, dim=-1)  # (H, L) fp32
-        out[b] = torch.einsum("hl,lhd->hd", p, v).to(q.dtype)
-    return out
+    lens = context_lens.long()
+    n_blocks = -(-int(lens.max()) // page)
+    blocks = block_tables[:, :n_blocks].long().clamp(0, k_cache.shape[0] - 1)  # unused entries: any block
+    k = k_cache[blocks].flatten(1, 2).transpose(1, 2)  # (B, Hkv, L, D), L = n_blocks * page
+    v = v_cache[blocks].flatten(1, 2).transpose(1, 2)
+    j = torch.arange(k.shape[2], device=q.device)[None, :]  # key positions
+    valid = j < lens[:, None]  # (B, L); the query sits at p = len - 1
+    if window is not None:
+        valid &= j > lens[:, None] - 1 - window
+    mask = valid[:, None, None, :]  # (B, 1, 1, L)
+    if softcap is None:
+        out = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(), attn_mask=mask,
+                                             scale=scale, enable_gqa=H != Hkv)  # (B, H, 1, D)
+        return out[:, :, 0].to(q.dtype)
+    qg = q.float().view(B, Hkv, H // Hkv, D)  # query head h reads KV head h // G
+    s = (qg @ k.float().transpose(-1, -2)) * scale  # (B, Hkv, G, L)
+    s = softcap * torch.tanh(s / softcap)  # Gemma-2, before masking
+    p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+    return (p @ v.float()).reshape(B, H, D).to(q.dtype)
 
 
 def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale,

@@ -234,12 +234,18 @@ def _sample_triton(logits, temperature, top_k, top_p, seeds, steps, softcap=None
 
 # ----------------------------------------------------------------------------- torch reference
 
-def _fmix32_ref(x):  # x: int64 tensor holding uint32 values
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF  # int64 products wrap, the low 32 bits stay exact
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
+def _fmix32_ref(x):  # x: int64 tensor holding uint32 values; returns a new tensor
+    x = x ^ (x >> 16)  # then in place: (B, V) temporaries cost more than the arithmetic
+    x *= 0x7FEB352D  # int64 products wrap, the low 32 bits stay exact
+    x &= 0xFFFFFFFF
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+_vocab_hash: dict = {}  # (V, device) -> fmix32(v) for v < V: the per-token half of the hash
 
 
 def uniform(seeds, steps, V):
@@ -249,8 +255,9 @@ def uniform(seeds, steps, V):
     key = _fmix32_ref(key ^ ((seeds >> 32) & M))
     key = _fmix32_ref(key ^ (steps & M))
     key = _fmix32_ref(key ^ ((steps >> 32) & M))  # (B,)
-    v = torch.arange(V, device=seeds.device, dtype=torch.int64)
-    x = _fmix32_ref(key[:, None] ^ _fmix32_ref(v)[None, :])  # (B, V)
+    if (V, seeds.device) not in _vocab_hash:
+        _vocab_hash[V, seeds.device] = _fmix32_ref(torch.arange(V, device=seeds.device, dtype=torch.int64))
+    x = _fmix32_ref(key[:, None] ^ _vocab_hash[V, seeds.device][None, :])  # (B, V)
     return ((x >> 9) * 2 + 1).float() * 2.0**-24
 
 
@@ -261,19 +268,24 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
         z = softcap * torch.tanh(z / softcap)
     B, V = z.shape
     greedy = temperature <= 0
+    logprobs_all = torch.log_softmax(z, dim=-1)
+    if bool(greedy.all()):  # nothing to draw
+        tokens = z.argmax(-1)
+        return tokens, logprobs_all.gather(1, tokens[:, None])[:, 0]
     T = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]  # (B, 1)
-    zs, _ = z.sort(dim=-1, descending=True)  # (B, V)
-    k = torch.where((top_k <= 0) | (top_k >= V), V, top_k).long()
-    tau = zs.gather(1, k[:, None] - 1)  # (B, 1) k-th largest z
-    probs = torch.softmax(zs / T, dim=-1) * (zs >= tau)  # tempered, top-k kept, sorted
-    cum = probs.cumsum(-1)
-    target = top_p[:, None] * cum[:, -1:]  # top-p of the renormalised top-k set
-    first = (cum < target).sum(-1, keepdim=True).clamp(max=V - 1)  # first index with cum >= target
-    tau = torch.where(top_p[:, None] < 1, torch.maximum(tau, zs.gather(1, first)), tau)
+    tau = torch.full((B, 1), -torch.inf, device=z.device)  # keep every token ...
+    if bool(((top_k > 0) & (top_k < V)).any() or (top_p < 1).any()):  # ... unless truncating
+        zs, _ = z.sort(dim=-1, descending=True)  # (B, V)
+        k = torch.where((top_k <= 0) | (top_k >= V), V, top_k).long()
+        tau = zs.gather(1, k[:, None] - 1)  # (B, 1) k-th largest z
+        probs = torch.softmax(zs / T, dim=-1) * (zs >= tau)  # tempered, top-k kept, sorted
+        cum = probs.cumsum(-1)
+        target = top_p[:, None] * cum[:, -1:]  # top-p of the renormalised top-k set
+        first = (cum < target).sum(-1, keepdim=True).clamp(max=V - 1)  # first index with cum >= target
+        tau = torch.where(top_p[:, None] < 1, torch.maximum(tau, zs.gather(1, first)), tau)
     score = torch.where(z >= tau, z / T + -torch.log(-torch.log(uniform(seeds, steps, V))), -torch.inf)
     tokens = torch.where(greedy, z.argmax(-1), score.argmax(-1))  # argmax: first index on ties
-    logprobs = torch.log_softmax(z, dim=-1).gather(1, tokens[:, None])[:, 0]
-    return tokens, logprobs
+    return tokens, logprobs_all.gather(1, tokens[:, None])[:, 0]
 
 
 def sample(logits, temperature, top_k, top_p, seeds, steps, softcap=None, block_v=4096):
