@@ -13,6 +13,8 @@ removes the per-kernel launch overhead that dominates small models.
 """
 import torch
 
+from .cascade import cascade_decode_attention, decode_groups
+from .kernels import use_triton
 from .kernels.kv_store import store_kv
 from .kernels.paged_attention import gather_kv, paged_decode_attention
 from .kernels.sampler import sample
@@ -23,12 +25,20 @@ from .model import CausalLM, causal_attention
 class PagedAttention:
     """The decoder's attention backend for one step (see `model.Attention.forward`)."""
 
-    def __init__(self, k_cache, v_cache, slot_mapping, prefill_spans, decode_tables, decode_lens):
+    def __init__(self, k_cache, v_cache, slot_mapping, prefill_spans, decode_tables, decode_lens, cascade=None):
         self.k_cache, self.v_cache = k_cache, v_cache  # per layer (num_blocks, block_size, Hkv, D)
         self.slot_mapping = slot_mapping  # (N,) where each token's K/V goes
         self.prefill_spans = prefill_spans  # [(first query row, rows, context length, block table)]
         self.num_prefill_rows = sum(n for _, n, _, _ in prefill_spans)
         self.decode_tables, self.decode_lens = decode_tables, decode_lens  # (Bd, max_blocks), (Bd,)
+        self.cascade = cascade  # (groups, first private position per row): torch path only
+
+    def decode(self, module, q, kc, vc):
+        if self.cascade is not None:
+            return cascade_decode_attention(q, kc, vc, self.decode_tables, self.decode_lens, *self.cascade,
+                                            module.scale, module.softcap, module.window)
+        return paged_decode_attention(q, kc, vc, self.decode_tables, self.decode_lens,
+                                      module.scale, module.softcap, module.window)
 
     def attend(self, module, q, k, v):
         layer = module.layer_idx
@@ -36,9 +46,7 @@ class PagedAttention:
         kc, vc = self.k_cache[layer], self.v_cache[layer]
         store_kv(k, v, kc, vc, self.slot_mapping)
         if not self.prefill_spans:  # decode-only step (the CUDA-graph path): no copies
-            y = paged_decode_attention(q, kc, vc, self.decode_tables, self.decode_lens,
-                                       module.scale, module.softcap, module.window)
-            return y[None]
+            return self.decode(module, q, kc, vc)[None]
         out = torch.empty_like(q)
         for start, n, ctx, table in self.prefill_spans:
             kk, vv = gather_kv(kc, vc, table, ctx)  # (ctx, Hkv, D)
@@ -46,8 +54,7 @@ class PagedAttention:
                                                     module.scale, module.softcap, module.window)[0]
         p = self.num_prefill_rows
         if p < q.shape[0]:
-            out[p:] = paged_decode_attention(q[p:], kc, vc, self.decode_tables, self.decode_lens,
-                                             module.scale, module.softcap, module.window)
+            out[p:] = self.decode(module, q[p:], kc, vc)
         return out[None]
 
 
@@ -80,7 +87,7 @@ class ModelRunner:
             positions += range(start, end)
             slots += self._slots(seq.block_table, start, end)
             last_rows.append(len(ids) - 1)
-        tables = lens = None
+        tables = lens = cascade = None
         if decode:
             width = max(len(s.block_table) for s in decode)
             tables = self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in decode], torch.int32)
@@ -90,11 +97,15 @@ class ModelRunner:
                 ids.append(seq.token_ids[-1])
                 positions.append(len(seq) - 1)
                 slots += self._slots(seq.block_table, len(seq) - 1, len(seq))
+            if not use_triton(tables):  # CPU: read each shared prompt prefix once per group
+                groups, start = decode_groups([s.block_table for s in decode], [len(s) for s in decode],
+                                              self.block_size)
+                cascade = (groups, start) if groups else None
         seqs = prefill + decode
         if not prefill and self.graphs is not None and self.graphs.fits(len(decode), tables.shape[1]):
             logits = self.graphs.replay(ids, positions, slots, tables, lens)
         else:
-            attn = PagedAttention(self.k_cache, self.v_cache, self._tensor(slots), spans, tables, lens)
+            attn = PagedAttention(self.k_cache, self.v_cache, self._tensor(slots), spans, tables, lens, cascade)
             h = self.model.model(self._tensor(ids)[None], self._tensor(positions)[None], attn)[0]  # (N, C)
             logits = self.model.lm_head(h[self._tensor(last_rows)])  # (S, V): logits only where sampled
         return self.sample(logits, seqs)
