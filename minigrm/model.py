@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import SLIDING, ModelConfig
+from .kernels import use_triton
+from .kernels.rmsnorm import rms_norm_triton
 
 
 class RMSNorm(nn.Module):
@@ -31,6 +33,8 @@ class RMSNorm(nn.Module):
         self.eps, self.offset = eps, offset
 
     def forward(self, x):
+        if use_triton(x) and not torch.is_grad_enabled():  # inference on GPU: one fused kernel
+            return rms_norm_triton(x.reshape(-1, x.shape[-1]), self.weight, self.eps, self.offset)[0].view_as(x)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.offset:  # Gemma scales in fp32, then casts

@@ -91,9 +91,11 @@ def test_bad_prompts_fail_alone(tiny):
     assert outs[2][0].finish_reason == "length" and len(outs[2][0].token_ids) == 4
 
 
-def test_engine_on_triton_kernels_equals_torch_path(tmp_path):
-    """The whole engine with every kernel forced (interpreted on CPU) gives the torch path's tokens."""
-    ours = minigrm.load_model(save_hf(hf_model("gemma2"), tmp_path))
+@pytest.mark.parametrize("family", ["gemma2", "qwen3"])
+def test_engine_on_triton_kernels_equals_torch_path(family, tmp_path):
+    """The whole engine with every kernel forced (interpreted on CPU) gives the torch path's
+    tokens: RMSNorm (Gemma's 1 + w, Qwen3's q/k norms), KV store, paged attention, sampler."""
+    ours = minigrm.load_model(save_hf(hf_model(family), tmp_path))
     params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=6, ignore_eos=True, seed=1)
     ref = engine(ours).generate(PROMPTS, params)
     kernels.set_backend("triton")
