@@ -5,7 +5,7 @@
     tok = minigrm.load_tokenizer(path)
     engine = minigrm.Engine(model, tok)
     outs = engine.generate(prompts, minigrm.SamplingParams(n=8, temperature=0.5, max_tokens=1024, seed=0))
-    judgment = minigrm.parse_judgment(outs[0][0].text, n_responses=2)
+    judgment = minigrm.parse_judgment(outs[0][0].text, 2)     # 2 responses
     minigrm.is_correct(judgment.scores, truth=[1, 0])
 """
 from .checkpoint import load_model, save_model
