@@ -60,6 +60,11 @@ class Engine:
             from .cuda_graphs import DecodeGraphs
             self.runner.graphs = DecodeGraphs(self.runner, max_num_seqs, self.max_model_len)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes: call after updating the model's weights in place (RL), since
+        freed blocks keep K/V computed by the old weights for reuse across generate() calls."""
+        self.blocks.forget()
+
     def _encode(self, prompt) -> list[int]:
         return list(prompt) if not isinstance(prompt, str) else self.tokenizer.encode(prompt)
 

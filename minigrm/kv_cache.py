@@ -94,6 +94,14 @@ class BlockManager:
         self.key_of[block] = key
         return key
 
+    def forget(self) -> None:
+        """Drop every prefix key (after a weight update the cached K/V are stale). Only
+        between generate() calls: no sequence may hold a block."""
+        if any(self.ref_count):
+            raise RuntimeError("cannot forget the prefix cache while sequences hold blocks")
+        self.block_of.clear()
+        self.key_of = [None] * self.num_blocks
+
     def append_block(self, table: list[int]) -> None:
         table.append(self._allocate_fresh())
 

@@ -142,3 +142,13 @@ def test_smollm2_stop_strings_and_eos(smol):
     assert cut.finish_reason == "stop" and "5" not in cut.text and free.text.startswith(cut.text)
     long = e.generate([prompt], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))[0][0]
     assert long.finish_reason == "length" and len(long.token_ids) == 40
+
+
+def test_reset_prefix_cache_after_weight_update(tiny):
+    """Freed blocks keep their K/V for reuse; after an in-place weight update they are stale."""
+    _, ours = tiny
+    e = engine(ours)
+    e.generate(PROMPTS, GREEDY)
+    assert e.blocks.cached_prefix(PROMPTS[0])  # kept for the next call
+    e.reset_prefix_cache()
+    assert not e.blocks.cached_prefix(PROMPTS[0]) and e.blocks.num_free == e.blocks.num_blocks

@@ -42,6 +42,7 @@ different order, so kernel and reference agree on tokens except at score gaps of
 logits (banned tokens) are fine. temperature < 0 acts as 0 (greedy); top_p <= 0 keeps only
 the maximal z (and its ties). Values are not checked on the device: that would sync the host.
 """
+import math
 import torch
 import triton
 import triton.language as tl
@@ -248,8 +249,9 @@ def _fmix32_ref(x):  # x: int64 tensor holding uint32 values; returns a new tens
 _vocab_hash: dict = {}  # (V, device) -> fmix32(v) for v < V: the per-token half of the hash
 
 
-def uniform(seeds, steps, V):
-    """(B, V) fp32 uniforms in (0, 1): the kernel's noise, bit for bit."""
+def uniform(seeds, steps, V, rows=None, cols=None):
+    """(B, V) fp32 uniforms in (0, 1): the kernel's noise, bit for bit. With `rows`/`cols`
+    (index tensors), only those entries: u[rows[i], cols[i]]."""
     M = 0xFFFFFFFF
     key = _fmix32_ref((seeds & M) ^ 0x9E3779B9)
     key = _fmix32_ref(key ^ ((seeds >> 32) & M))
@@ -257,8 +259,25 @@ def uniform(seeds, steps, V):
     key = _fmix32_ref(key ^ ((steps >> 32) & M))  # (B,)
     if (V, seeds.device) not in _vocab_hash:
         _vocab_hash[V, seeds.device] = _fmix32_ref(torch.arange(V, device=seeds.device, dtype=torch.int64))
-    x = _fmix32_ref(key[:, None] ^ _vocab_hash[V, seeds.device][None, :])  # (B, V)
+    vh = _vocab_hash[V, seeds.device]
+    x = _fmix32_ref(key[:, None] ^ vh[None, :] if rows is None else key[rows] ^ vh[cols])
     return ((x >> 9) * 2 + 1).float() * 2.0**-24
+
+
+# Gumbel noise -log(-log u) for u in [2**-24, 1 - 2**-24] lies in [G_LO, G_HI]: a token whose
+# z / T is more than G_HI - G_LO below the row's best can never win the argmax.
+G_LO, G_HI = -math.log(-math.log(2.0**-24)), -math.log(-math.log(1 - 2.0**-24))
+
+
+def _gumbel_argmax(z, T, tau, seeds, steps):
+    """argmax over {z >= tau} of z / T + g, drawing noise only for tokens that can win."""
+    B, V = z.shape
+    score = torch.where(z >= tau, z / T, -torch.inf)  # (B, V)
+    contenders = score >= score.max(-1, keepdim=True).values - (G_HI - G_LO)
+    rows, cols = contenders.nonzero(as_tuple=True)
+    noisy = torch.full_like(score, -torch.inf)
+    noisy[rows, cols] = score[rows, cols] - torch.log(-torch.log(uniform(seeds, steps, V, rows, cols)))
+    return noisy.argmax(-1)  # argmax: first index on ties
 
 
 def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
@@ -283,8 +302,7 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
         target = top_p[:, None] * cum[:, -1:]  # top-p of the renormalised top-k set
         first = (cum < target).sum(-1, keepdim=True).clamp(max=V - 1)  # first index with cum >= target
         tau = torch.where(top_p[:, None] < 1, torch.maximum(tau, zs.gather(1, first)), tau)
-    score = torch.where(z >= tau, z / T + -torch.log(-torch.log(uniform(seeds, steps, V))), -torch.inf)
-    tokens = torch.where(greedy, z.argmax(-1), score.argmax(-1))  # argmax: first index on ties
+    tokens = torch.where(greedy, z.argmax(-1), _gumbel_argmax(z, T, tau, seeds, steps))
     return tokens, logprobs_all.gather(1, tokens[:, None])[:, 0]
 
 

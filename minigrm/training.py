@@ -1,0 +1,270 @@
+"""Machinery shared by train_rft.py and train_rl.py: the log-prob forward that DDP / FSDP2 wrap,
+bf16 autocast, gradient-sync control, metric reduction, Ctrl-C and atomic, resumable checkpoints.
+
+Contract:
+    policy = LogprobForward(model)            policy(ids (B, T), mask (B, T)) -> (B, T - 1) fp32
+    policy = wrap(policy, d, fsdp=False)      DDP when world > 1, FSDP2 with fsdp, else itself
+    with full_weights(policy): engine.generate(...)   FSDP2: every rank holds full weights
+    with grad_sync(policy, last_micro_batch): loss.backward()
+    means = reduce_metrics(d, {"name": (sum, count)})  sums and counts added over ranks
+    with interrupt_guard() as stop: ... if stop_requested(d, stop): save and leave
+    save_checkpoint(out, step, model, policy, optimizer, d, tokenizer_dir, extra) -> folder
+    state = load_checkpoint(folder, policy, optimizer, d)    -> {"step", "extra", ...}
+    latest_checkpoint(out) -> folder or None
+
+Why a LogprobForward module: DDP and FSDP2 do their work in hooks around a wrapped module's
+`forward` (DDP prepares the gradient all-reduce, FSDP2 all-gathers and frees shards), so
+training must call the wrapper. CausalLM.forward would return (B, T, V) logits; this forward
+returns only the targets' log-probs (logprob.py's chunked projection), the same numbers as
+`logprob.sequence_logprobs` (pinned by a test). The sampling Engine is given the bare model.
+
+Checkpoints: `<out>/checkpoint-<step>/` is an HF folder (config.json, safetensors, tokenizer
+files: transformers, minigrm and infer_scale.py load it) plus `trainer_state.pt` (step,
+optimizer, the script's data position) and one `rng-rank<r>.pt` per rank. It is written
+in `<out>/.tmp-checkpoint-<step>` and renamed when complete, then `<out>/latest` (a text file
+naming it) is replaced atomically: a crash never leaves a half-written checkpoint that
+looks complete. Under FSDP2 the model and optimizer are gathered to full (unsharded) state
+dicts on rank 0, so a run can resume on another world size.
+
+Deviations / open choices:
+  - autocast runs the decoder in bf16 on CUDA with fp32 master weights; the vocabulary
+    projection then uses a bf16 copy of the lm_head weight (its gradient flows back to fp32).
+  - FSDP2 rollouts unshard the whole model first, so during sampling every rank holds the
+    full weights (plus its KV cache); the layers' hooks find them unsharded and gather nothing,
+    which is what lets ranks run different numbers of engine steps.
+"""
+import os
+import random
+import shutil
+import signal
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .checkpoint import save_model
+from .logprob import token_logprobs
+
+LATEST = "latest"
+
+
+class LogprobForward(nn.Module):
+    """The module DDP / FSDP2 wrap: forward(ids, loss_mask) = sequence_logprobs(lm, ids, loss_mask)."""
+
+    def __init__(self, lm, chunk_size: int = 1024):
+        super().__init__()
+        self.lm, self.chunk_size = lm, chunk_size
+
+    def forward(self, input_ids, loss_mask):
+        with autocast(input_ids.device):
+            hidden = self.lm.model(input_ids)  # (B, T, C)
+        mask = loss_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
+        h, targets = hidden[:, :-1][mask], input_ids[:, 1:][mask]  # (N, C), (N,)
+        w = self.lm.lm_head.weight
+        lp = token_logprobs(h, w.to(h.dtype), targets, self.lm.config.final_logit_softcapping,
+                            chunk_size=self.chunk_size)  # (N,) fp32
+        return torch.zeros(mask.shape, dtype=torch.float32, device=h.device).masked_scatter(mask, lp)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA, a no-op elsewhere (CPU runs and tests stay in fp32)."""
+    device = torch.device(device)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def unwrap(module):
+    """The LogprobForward inside a DDP wrapper (FSDP2 swaps classes in place: nothing to peel)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _is_fsdp(module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(module, FSDPModule)
+
+
+def wrap(policy: LogprobForward, d, fsdp: bool = False, trainable: bool = True):
+    """DDP (world > 1) or FSDP2 (`fsdp`: each decoder layer, then the root) of a LogprobForward
+    or of a bare CausalLM (the meta RM's scalar head needs no vocabulary). A frozen model
+    (`trainable=False`, the GRPO reference) is sharded under FSDP2 and left alone otherwise."""
+    if fsdp and d.world > 1:
+        from torch.distributed.fsdp import fully_shard
+        lm = policy.lm if isinstance(policy, LogprobForward) else policy  # or a bare (classifier) CausalLM
+        for layer in lm.model.layers:
+            fully_shard(layer)
+        fully_shard(policy)
+        ids = torch.zeros(1, 2, dtype=torch.long, device=d.device)
+        with torch.no_grad():  # the first forward through the root fixes FSDP2's root (lazy init)
+            policy(ids, torch.ones_like(ids, dtype=torch.bool)) if lm is not policy else policy(ids)
+        policy.reshard()  # the root keeps its weights gathered after a forward: the optimizer needs shards
+        return policy
+    if d.world > 1 and trainable:
+        ids = [d.device.index] if d.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(policy, device_ids=ids)
+    return policy
+
+
+@contextmanager
+def full_weights(policy):
+    """FSDP2: all-gather every shard for a rollout and keep it (no resharding after each layer's
+    forward); reshard afterwards. Each rank then holds the full weights. No-op otherwise."""
+    if not _is_fsdp(policy):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+    mods = [m for m in policy.modules() if isinstance(m, FSDPModule)]
+    policy.set_reshard_after_forward(False)
+    for m in mods:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+        policy.set_reshard_after_forward(True)  # FSDP2's defaults: layers reshard, the root keeps
+        policy.set_reshard_after_forward(False, recurse=False)
+
+
+def grad_sync(policy, enabled: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if _is_fsdp(policy):
+        policy.set_requires_gradient_sync(enabled)
+        return nullcontext()
+    if isinstance(policy, nn.parallel.DistributedDataParallel) and not enabled:
+        return policy.no_sync()
+    return nullcontext()
+
+
+def grad_norm_and_clip(policy, max_norm: float) -> float:
+    """Clip the global gradient norm in place; -> the norm before clipping (works on FSDP2's DTensors)."""
+    params = [p for p in policy.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def reduce_metrics(d, pairs: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """{name: (sum, count)} on each rank -> {name: sum over ranks / count over ranks}."""
+    names = list(pairs)
+    flat = d.all_sum([v for n in names for v in pairs[n]])
+    return {n: flat[2 * i] / flat[2 * i + 1] if flat[2 * i + 1] else 0.0 for i, n in enumerate(names)}
+
+
+@contextmanager
+def interrupt_guard():
+    """Turn the first Ctrl-C into a request (`stop["requested"]`) that the loop honours at the end
+    of a step, so a checkpoint is never taken in the middle of an optimizer update. A second
+    Ctrl-C interrupts at once."""
+    stop = {"requested": False}
+
+    def handler(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort)", flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_requested(d, stop) -> bool:
+    """True on every rank as soon as any rank was interrupted (they must save together)."""
+    return d.all_sum([float(stop["requested"])])[0] > 0
+
+
+class _FullModel:
+    """What save_model reads from a model (config and state_dict), for a gathered FSDP2 state."""
+
+    def __init__(self, config, state):
+        self.config, self._state = config, state
+
+    def state_dict(self):
+        return self._state
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, extra: dict | None = None,
+                    keep_last: int = 0) -> Path:
+    """Write <out>/checkpoint-<step> atomically (see module doc); every rank must call it.
+    `model` is the bare CausalLM, `policy` its (possibly wrapped) LogprobForward."""
+    out = Path(out)
+    final, tmp = out / f"checkpoint-{step}", out / f".tmp-checkpoint-{step}"
+    if d.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    d.barrier()
+    if _is_fsdp(policy):  # collectives: every rank takes part, rank 0 receives the full state
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(policy, options=opts)
+        optim_state = get_optimizer_state_dict(policy, optimizer, options=opts)
+        full = _FullModel(model.config, {k.removeprefix("lm."): v for k, v in state.items()})
+    else:
+        optim_state, full = optimizer.state_dict(), model
+    torch.save(_rng_state(), tmp / f"rng-rank{d.rank}.pt")
+    if d.main:
+        save_model(full, tmp, tokenizer_dir)
+        torch.save({"step": step, "optimizer": optim_state, "extra": extra or {}, "world": d.world},
+                   tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = out / f".{LATEST}.tmp"
+        pointer.write_text(final.name + "\n")
+        os.replace(pointer, out / LATEST)
+        if keep_last > 0:
+            steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if p.name[11:].isdigit())
+            for s in steps[:-keep_last]:
+                shutil.rmtree(out / f"checkpoint-{s}", ignore_errors=True)
+    d.barrier()
+    return final
+
+
+def latest_checkpoint(out) -> Path | None:
+    pointer = Path(out) / LATEST
+    if not pointer.exists():
+        return None
+    folder = Path(out) / pointer.read_text().strip()
+    return folder if (folder / "trainer_state.pt").exists() else None
+
+
+def resolve_resume(resume, out) -> Path | None:
+    """--resume value -> checkpoint folder: "latest" (<out>/latest, None when absent) or a path."""
+    if not resume:
+        return None
+    if resume == LATEST:
+        return latest_checkpoint(out)
+    folder = Path(resume)
+    if not (folder / "trainer_state.pt").exists():
+        raise FileNotFoundError(f"--resume {resume}: no trainer_state.pt there (not a training checkpoint)")
+    return folder
+
+
+def load_checkpoint(folder, policy, optimizer, d) -> dict:
+    """Restore the optimizer and this rank's RNG from a checkpoint (the weights are loaded from
+    the same folder with load_model, before wrapping); -> the trainer state (step, extra)."""
+    folder = Path(folder)
+    state = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if _is_fsdp(policy):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(policy, optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    rng_file = folder / f"rng-rank{d.rank}.pt"
+    if rng_file.exists():  # absent when resuming on more ranks than were saved
+        rng = torch.load(rng_file, weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return state

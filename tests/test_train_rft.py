@@ -1,0 +1,154 @@
+"""train_rft.py on a tiny model with a real tokenizer: rejection accounting, resumable
+sampling, SFT on non-hinted prompts, exact resume, and the meta-RM mode's checkpoint.
+
+A random tiny model never writes a valid judgment, so tests swap `train_rft.judge` for a rule
+that decides correctness from (item, sample) to control what is accepted."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import minigrm
+import train_rft
+from minigrm.data import load_items, read_jsonl
+from minigrm.meta_rm import load_meta_rm
+from minigrm.tokenizer import load_tokenizer
+from test_training import one_thread, tiny_model, write_items  # noqa: F401 (fixtures)
+
+
+def common(tiny_model, data, out):
+    return ["--model", str(tiny_model), "--data", str(data), "--out", str(out), "--max-tokens", "12",
+            "--kv-cache-gb", "0.05", "--device", "cpu", "--hinted-share", "1.0", "--seed", "1",
+            "--lr", "1e-3", "--warmup-steps", "1"]
+
+
+def rec(item, sample, correct, hinted=False, valid=True):
+    return {"item": item, "sample": sample, "hinted": hinted, "correct": correct, "valid": valid}
+
+
+def test_rejection_accounting_on_constructed_trajectories():
+    records = [rec("a", 0, True), rec("a", 1, True), rec("a", 2, True), rec("a", 3, True, hinted=True),  # too easy
+               rec("b", 0, False, valid=False), rec("b", 1, True), rec("b", 2, False),
+               rec("b", 3, False, hinted=True),
+               rec("c", 0, False, valid=False), rec("c", 1, False), rec("c", 2, False)]
+    accepted, stats = train_rft.select(records, 3)
+    # a: its non-hinted samples are dropped with the item, its correct hinted one is kept
+    assert sorted((r["item"], r["sample"]) for r in accepted) == [("a", 3), ("b", 1)]
+    assert stats["too_easy_rate"] == pytest.approx(1 / 3) and stats["items"] == 3
+    assert stats["acceptance_rate"] == pytest.approx(2 / 11) and stats["invalid_rate"] == pytest.approx(2 / 11)
+    assert stats["hinted_acceptance_rate"] == 0.5 and stats["non_hinted_correct_rate"] == pytest.approx(4 / 9)
+
+
+def fake_judge(item, order, text, finish_reason="stop"):
+    """Items 1 and 2 (pairs): judged right when response 0 (the chosen) is shown first."""
+    return (item.id in (1, 2) and order[0] == 0), True
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_items(tmp_path_factory.mktemp("rft") / "items.jsonl")
+
+
+def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello!"}]}) + "\n")
+    out = tmp_path / "run"
+    train_rft.main(common(tiny_model, data, out) + ["--sft-data", str(chat), "--max-tokens-per-batch", "1500"])
+    records = list(read_jsonl(out / "trajectories.jsonl"))
+    # 3 non-hinted samples per item, one hinted sample for each of the 3 multi-response items
+    assert len(records) == 4 * 3 + 3 and sum(r["hinted"] for r in records) == 3
+    assert all(len(r["output_ids"]) <= 12 and r["order"] for r in records)
+    items = {str(it.id): it for it in load_items(data)}
+    expected, _ = train_rft.select([dict(r, correct=fake_judge(items[r["item"]], r["order"], "")[0])
+                                    for r in records], 3)
+    stats = json.loads((out / "rejection.json").read_text())
+    assert stats["accepted"] == len(expected) > 0 and stats["sft_data_examples"] == 1
+    log = list(read_jsonl(out / "log.jsonl"))
+    assert len(log) >= 1 and all(r["loss"] > 0 for r in log)
+    ckpt = out / f"checkpoint-{log[-1]['step']}"
+    ids = torch.randint(0, 49152, (1, 16))
+    with torch.no_grad():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt).eval()
+        ours = minigrm.load_model(ckpt)
+        assert (hf(ids).logits - ours(ids)).abs().max() < 1e-4
+        assert (ours(ids) - minigrm.load_model(tiny_model)(ids)).abs().max() > 1e-3
+
+    # hinted trajectories are trained on the prompt WITHOUT the hint, in the order they were sampled
+    tok = load_tokenizer(tiny_model)
+    hinted = [r for r in records if r["hinted"]][:1]
+    (prompt_and_output, mask), = train_rft.rft_examples(hinted, items, tok)
+    text = tok.decode(prompt_and_output)
+    assert "The best response is" not in text
+    assert prompt_and_output[-len(hinted[0]["output_ids"]):] == hinted[0]["output_ids"]
+    assert sum(mask) == len(hinted[0]["output_ids"])
+    assert "The best response is" in tok.decode(train_rft.prompt_ids(tok, items[hinted[0]["item"]],
+                                                                     hinted[0]["order"], hint=True))
+
+    # stage A resumes: a lost tail is sampled again, identically, and nothing else
+    lines = (out / "trajectories.jsonl").read_text().splitlines(keepends=True)
+    (out / "trajectories.jsonl").write_text("".join(lines[:10]))
+    capsys.readouterr()
+    train_rft.main(common(tiny_model, data, out) + ["--sft-data", str(chat), "--max-tokens-per-batch", "1500"])
+    assert "10 trajectories on disk, 5 to sample" in capsys.readouterr().out
+    key = lambda r: (r["item"], r["sample"])  # noqa: E731
+    assert sorted(read_jsonl(out / "trajectories.jsonl"), key=key) == sorted(records, key=key)
+
+
+def test_sft_resume_equals_uninterrupted(tiny_model, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    args = ["--max-tokens-per-batch", "1200", "--epochs", "2", "--save-every", "100"]
+    full = tmp_path / "full"
+    train_rft.main(common(tiny_model, data, full) + args)
+    n = len(list(read_jsonl(full / "log.jsonl")))
+    assert n >= 3
+
+    part = tmp_path / "part"
+    real_lr_at = train_rft.lr_at
+
+    def interrupt_at_step_2(step, *a):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_lr_at(step, *a)
+
+    monkeypatch.setattr(train_rft, "lr_at", interrupt_at_step_2)
+    train_rft.main(common(tiny_model, data, part) + args)
+    assert (part / "latest").read_text().strip() == "checkpoint-2"
+    monkeypatch.setattr(train_rft, "lr_at", real_lr_at)
+    train_rft.main(common(tiny_model, data, part) + args + ["--resume"])
+    a, b = list(read_jsonl(full / "log.jsonl")), list(read_jsonl(part / "log.jsonl"))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and [r["lr"] for r in a] == [r["lr"] for r in b]
+    wa, wb = load_file(full / f"checkpoint-{n}" / "model.safetensors"), load_file(part / f"checkpoint-{n}" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_meta_rm_mode(tiny_model, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    out = tmp_path / "meta"
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"item": "1", "order": [0, 1], "text": "Scores: \\boxed{9, 2}"}) + "\n")
+    train_rft.main(common(tiny_model, data, out) + ["--meta-rm", "--extra-trajectories", str(extra),
+                                                    "--max-tokens-per-batch", "600", "--epochs", "3"])
+    records = list(read_jsonl(out / "trajectories.jsonl"))
+    assert not any(r["hinted"] for r in records) and len(records) == 12  # meta RM data: non-hinted only
+    stats = json.loads((out / "meta_data.json").read_text())
+    assert stats["examples"] == 13 and 0 < stats["positive_rate"] < 1
+    log = list(read_jsonl(out / "log.jsonl"))
+    assert log[-1]["loss"] < log[0]["loss"]  # BCE goes down on its own training data
+    ckpt = out / f"checkpoint-{log[-1]['step']}"
+    assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+
+    meta = load_meta_rm(ckpt)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    seqs = [meta.encode("What is 2 + 3?", ["2 + 3 = 5.", "2 + 3 = 6."], "Scores: \\boxed{9, 2}"),
+            meta.encode("Capital of France?", ["Rome.", "Paris."], "Analysis: ...\nScores: \\boxed{3, 8}")]
+    got = meta.score_ids(seqs)
+    with torch.no_grad():
+        want = [hf(torch.tensor([s])).logits.item() for s in seqs]
+    assert max(abs(x - y) for x, y in zip(got, want)) < 1e-4
+    assert abs(got[0] - got[1]) > 1e-6

@@ -1,0 +1,149 @@
+"""train_rl.py end to end on a tiny model with a real tokenizer: logs, checkpoints, Ctrl-C,
+exact resume, too-easy filtering, and 2-process DDP / FSDP2 runs equal to one process.
+
+A random tiny model never writes a valid judgment, so most tests swap `train_rl.judge` for a
+deterministic fake (reward from a hash of the sampled tokens) to get non-zero advantages."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import minigrm
+import train_rl
+from minigrm.data import read_jsonl
+from test_training import one_thread, tiny_model, write_items  # noqa: F401 (fixtures)
+
+ROOT = Path(train_rl.__file__).resolve().parent
+FAKE_JUDGE = '''
+def fake_judge(item, order, completion):
+    import zlib
+    return (1.0 if zlib.crc32(str(completion.token_ids).encode()) % 2 else -1.0), True
+'''
+exec(FAKE_JUDGE)  # defines fake_judge here; the subprocess wrapper below execs the same text
+
+
+def common(tiny_model, data, out, steps=4):
+    return ["--model", str(tiny_model), "--data", str(data), "--out", str(out), "--steps", str(steps),
+            "--prompts-per-step", "2", "--group-size", "4", "--max-tokens", "12", "--micro-batch-size", "3",
+            "--lr", "1e-3", "--warmup-steps", "1", "--kv-cache-gb", "0.05", "--device", "cpu", "--seed", "3"]
+
+
+def log(out):
+    return list(read_jsonl(Path(out) / "log.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_items(tmp_path_factory.mktemp("rl") / "items.jsonl")
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model, data, tmp_path_factory):
+    """4 uninterrupted steps with the fake judge (shared by several tests)."""
+    out = tmp_path_factory.mktemp("full")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_rl, "judge", fake_judge)
+    torch.set_num_threads(1)
+    train_rl.main(common(tiny_model, data, out) + ["--save-every", "2", "--keep-last", "0"])
+    mp.undo()
+    return out
+
+
+def test_logs_metrics_and_saves_loadable_checkpoints(full_run, tiny_model):
+    records = log(full_run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("loss", "reward_mean", "frac_reward_zero_std", "kl", "clip_frac", "length", "invalid_rate",
+                "lr", "grad_norm", "time_sample", "time_update"):
+        assert key in records[0]
+    assert all(r["outputs"] == 8 and -1 <= r["reward_mean"] <= 1 for r in records)
+    assert 0 < records[0]["grad_norm"] and records[0]["lr"] == pytest.approx(1e-3)
+    # first pass over a batch: old log-probs come from the same forward, so rho = 1 exactly
+    assert records[0]["ratio"] == 1.0 and records[0]["clip_frac"] == 0.0 and records[0]["kl"] == 0.0
+    assert records[-1]["kl"] > 0  # the policy has moved away from the reference
+    assert sorted(p.name for p in full_run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (full_run / "latest").read_text().strip() == "checkpoint-4"
+
+    ckpt = full_run / "checkpoint-4"
+    ids = torch.randint(0, 49152, (1, 20))
+    ours = minigrm.load_model(ckpt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        assert (hf(ids).logits - ours(ids)).abs().max() < 1e-4
+        assert (ours(ids) - minigrm.load_model(tiny_model)(ids)).abs().max() > 1e-3  # it trained
+
+
+def test_ctrl_c_saves_and_resume_equals_uninterrupted(full_run, tiny_model, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_rl, "judge", fake_judge)
+    real_batch = train_rl.batch_for_step
+
+    def interrupt_in_step_2(n, step, per_step, seed):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the guard lets step 2 finish, then saves
+        return real_batch(n, step, per_step, seed)
+
+    monkeypatch.setattr(train_rl, "batch_for_step", interrupt_in_step_2)
+    train_rl.main(common(tiny_model, data, tmp_path) + ["--save-every", "100"])
+    assert [r["step"] for r in log(tmp_path)] == [1, 2]
+    assert training_latest(tmp_path) == "checkpoint-2"
+
+    monkeypatch.setattr(train_rl, "batch_for_step", real_batch)
+    train_rl.main(common(tiny_model, data, tmp_path) + ["--resume"])
+    resumed, full = log(tmp_path), log(full_run)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for key in ("loss", "reward_mean", "kl", "grad_norm", "length", "lr"):
+        assert [r[key] for r in resumed] == [r[key] for r in full], key
+    a = load_file(tmp_path / "checkpoint-4" / "model.safetensors")
+    b = load_file(full_run / "checkpoint-4" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def training_latest(out):
+    return (Path(out) / "latest").read_text().strip()
+
+
+def test_real_judge_counts_invalid_and_drops_too_easy(tiny_model, data, tmp_path, monkeypatch):
+    # the real parser on a random model: every judgment is invalid, reward -1, no gradient
+    train_rl.main(common(tiny_model, data, tmp_path / "real", steps=1))
+    r = log(tmp_path / "real")[0]
+    assert r["invalid_rate"] == 1.0 and r["reward_mean"] == -1.0 and r["frac_reward_zero_std"] == 1.0
+    assert r["grad_norm"] == 0.0
+
+    # an item the (fake) reference judge gets right 3/3 is dropped before training
+    seen = []
+    monkeypatch.setattr(train_rl, "judge", lambda item, order, c: (seen.append(item.id) or
+                                                                    (1.0 if item.id == 2 else -1.0), True))
+    train_rl.main(common(tiny_model, data, tmp_path / "easy", steps=1) + ["--drop-too-easy"])
+    assert json.loads((tmp_path / "easy" / "too_easy.json").read_text()) == ["2"]
+    # filtering: 3 samples of item 2, one of each other item (all() stops at the first miss);
+    # training: 2 prompts x 4 samples, never item 2
+    assert seen[:6].count(2) == 3 and len(seen) == 6 + 2 * 4 and 2 not in seen[6:]
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_processes_equal_one(full_run, tiny_model, data, tmp_path, fsdp):
+    """torchrun with 2 gloo ranks: all-reduced metrics and the trained weights equal the
+    single-process run (each prompt's samples are seeded by its global index)."""
+    wrapper = tmp_path / "run.py"  # train_rl.py with the fake judge swapped in
+    wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
+                       "train_rl.judge = fake_judge\ntrain_rl.main()\n")
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper),
+           *common(tiny_model, data, out, steps=2), "--save-every", "2"] + (["--fsdp"] if fsdp else [])
+    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    two, one = log(out), log(full_run)[:2]
+    for a, b in zip(two, one):
+        assert a["outputs"] == b["outputs"] == 8
+        for key in ("reward_mean", "frac_reward_zero_std", "length", "invalid_rate", "lr"):
+            assert a[key] == b[key], key
+        for key in ("loss", "grad_norm", "kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+    a = load_file(out / "checkpoint-2" / "model.safetensors")
+    b = load_file(full_run / "checkpoint-2" / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6

@@ -1,0 +1,379 @@
+"""Rejective fine-tuning of a GRM (the cold start, paper §3.2; GRM_SPEC §4), and meta-RM training
+(paper §4; GRM_SPEC §6).
+
+    python train_rft.py --model BASE --data pairs.jsonl --out out/rft
+    python train_rft.py --meta-rm --model BASE --sampler GRM --data pairs.jsonl --out out/meta_rm
+    torchrun --nproc_per_node=8 train_rft.py ...          (items and batches split across ranks)
+
+Stage A, sampling (resumable: every trajectory is appended to <out>/trajectories.jsonl, or
+.rank<r>.jsonl per rank, as soon as it is done; a rerun samples only what is missing):
+  - non-hinted: N_RFT (--n-rft, 3) judgments per item from --sampler (default --model), each
+    over its own seeded shuffle of the responses;
+  - hinted: for a --hinted-share fraction of the items (chosen by a seeded hash; singles never),
+    one more judgment with "The best response is: Response j" appended to the prompt;
+  - each record: item id, hinted flag, sample index, order, output token ids, text, scores,
+    correct (Eq. 10; an invalid or truncated judgment is incorrect).
+Rejection (rft.reject_non_hinted / reject_hinted): incorrect trajectories are dropped; an item
+whose N_RFT non-hinted samples are all correct is "too easy" and dropped altogether; a
+hinted trajectory is kept iff correct. Acceptance, too-easy and invalid rates are printed and
+written to <out>/rejection.json.
+
+Stage B, SFT: next-token loss on the accepted GRM outputs only (rft.sft_example), optionally
+mixed with --sft-data (chat JSONL {"messages": [...]}, loss on the last assistant turn);
+length-grouped batches, AdamW, warmup + cosine, gradient accumulation, clipping,
+<out>/checkpoint-<step> and --resume as in train_rl.py.
+
+Decision (the paper leaves it implicit): a hinted trajectory is trained on the prompt
+WITHOUT the hint. The hint only steers sampling towards a correct judgment; the model must
+learn to produce that judgment from the ordinary prompt, which is all it sees at inference.
+Training on the hinted prompt would teach it to rely on a hint it will never get.
+
+--meta-rm: label every non-hinted trajectory (plus --extra-trajectories: records with "item",
+"order", "text", e.g. infer_scale.py's judgments.jsonl of the GRM to be guided) by Eq. 10
+correctness; the input is meta_rm_messages(context, shown responses, judgment) rendered with
+the chat template (add_generation_prompt=False); the model is --model's backbone with a new
+scalar `score` head (*ForSequenceClassification, num_labels 1, N(0, 0.02) init), trained with
+binary cross-entropy on the reward at the last token (paper LR 1e-5). The checkpoint loads with
+minigrm.load_meta_rm and transformers' AutoModelForSequenceClassification.
+
+Open choices / deviations: the hinted share (default 0.25), sampling temperature 1.0, the
+paper's batch 1024 / 900 steps become a token budget per micro-batch x --grad-accum x
+--epochs; each micro-batch's loss is a token mean and micro-batches are averaged (not
+re-weighted by their token counts); with several ranks the batches of an epoch are cut to a
+multiple of the world size so every rank runs the same number.
+"""
+import argparse
+import json
+import random
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minigrm import distributed, training
+from minigrm.checkpoint import load_model
+from minigrm.config import ModelConfig
+from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.engine import Engine, sample_seed
+from minigrm.kv_cache import kv_bytes_per_token
+from minigrm.model import CausalLM
+from minigrm.optim import lr_at, make_optimizer, set_lr
+from minigrm.parser import parse_judgment
+from minigrm.prompts import grm_messages, meta_rm_messages, single_response_messages
+from minigrm.rewards import best_index, is_correct
+from minigrm.rft import length_grouped, reject_hinted, reject_non_hinted, sft_batches, sft_example
+from minigrm.sampling import SamplingParams
+from minigrm.tokenizer import load_tokenizer
+from minigrm.voting import permute, shuffled_order, unshuffle
+
+CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
+               "qwen3": "Qwen3ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification"}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="HF folder to fine-tune (paper: a base model)")
+    ap.add_argument("--sampler", default=None, help="HF folder that samples trajectories (default: --model)")
+    ap.add_argument("--data", required=True, help="JSONL of pairs, lists or singles (see minigrm/data.py)")
+    ap.add_argument("--out", default="out/rft", help="output folder: trajectories, log.jsonl, checkpoints")
+    ap.add_argument("--n-rft", type=int, default=3, help="non-hinted samples per item (paper: 3)")
+    ap.add_argument("--hinted-share", type=float, default=0.25, help="share of items that get one hinted sample (open)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (open)")
+    ap.add_argument("--max-tokens", type=int, default=1024, help="max tokens per sampled judgment")
+    ap.add_argument("--sft-data", default=None, help="general chat JSONL {'messages': [...]} mixed into SFT")
+    ap.add_argument("--meta-rm", action="store_true", help="train a meta RM (scalar head) instead of the GRM")
+    ap.add_argument("--extra-trajectories", default=None,
+                    help="meta RM: JSONL of more judgments {'item', 'order', 'text'} from the GRM to guide")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the accepted trajectories")
+    ap.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per micro-batch")
+    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (per rank)")
+    ap.add_argument("--warmup-steps", type=int, default=10, help="linear warmup steps")
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (matrices only)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
+    ap.add_argument("--keep-last", type=int, default=2, help="keep only the last N checkpoints (0: all)")
+    ap.add_argument("--resume", nargs="?", const="latest", default=None,
+                    help="resume SFT from <out>/latest (no value) or from the given checkpoint folder")
+    ap.add_argument("--seed", type=int, default=0, help="seed of shuffles, samples and batch order")
+    ap.add_argument("--dtype", default="float32", help="weight dtype (bf16 autocast on CUDA): float32 or bfloat16")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
+    ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
+    args = ap.parse_args(argv)
+    args.sampler = args.sampler or args.model
+    args.lr = args.lr if args.lr is not None else (1e-5 if args.meta_rm else 5e-6)
+    return args
+
+
+# ---------------------------------------------------------------------------- stage A: sampling
+
+def item_key(item) -> int:
+    return zlib.crc32(str(item.id).encode())
+
+
+def messages_for(item, order, hint: bool):
+    if item.kind == "single":
+        return single_response_messages(item.prompt, item.responses[0])
+    return grm_messages(item.prompt, permute(item.responses, order),
+                        order.index(best_index(item.truth)) if hint else None)
+
+
+def prompt_ids(tok, item, order, hint: bool = False) -> list[int]:
+    return tok.encode(tok.apply_chat_template(messages_for(item, order, hint), add_generation_prompt=True))
+
+
+def judge(item, order, text: str, finish_reason: str = "stop") -> tuple[bool, bool]:
+    """-> (correct, valid) of one judgment (Eq. 10 in the original order; truncated = invalid)."""
+    lo, hi = (0, 1) if item.kind == "single" else (1, 10)
+    scores = parse_judgment(text, len(item.responses), lo, hi).scores if finish_reason == "stop" else None
+    return is_correct(unshuffle(scores, order), item.truth), scores is not None
+
+
+def planned_samples(item, args) -> list[tuple[int, bool, list[int]]]:
+    """(sample index, hinted, order) of every trajectory stage A draws for an item."""
+    n, key = len(item.responses), item_key(item)
+    plan = [(j, False, shuffled_order(n, sample_seed(args.seed, key, j))) for j in range(args.n_rft)]
+    hinted = (item.kind != "single" and not args.meta_rm
+              and random.Random(sample_seed(args.seed, key, -1)).random() < args.hinted_share)
+    if hinted:
+        plan.append((args.n_rft, True, shuffled_order(n, sample_seed(args.seed, key, args.n_rft))))
+    return plan
+
+
+def sample_trajectories(items, args, d, path: Path) -> None:
+    done = {(r["item"], r["sample"]) for r in read_jsonl(path)} if path.exists() else set()
+    todo = [(it, j, h, o) for it in items for j, h, o in planned_samples(it, args) if (str(it.id), j) not in done]
+    print(f"[rank {d.rank}] {len(done)} trajectories on disk, {len(todo)} to sample", flush=True)
+    if not todo:
+        return
+    dtype = getattr(torch, args.dtype)
+    model = load_model(args.sampler, dtype=dtype, device=d.device)
+    tok = load_tokenizer(args.sampler)
+    blocks = max(2, int(args.kv_cache_gb * 2**30 // (kv_bytes_per_token(model.config, dtype) * 16)))
+    engine = Engine(model, tok, num_blocks=blocks, progress=False)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+
+    def save(i, _, c):
+        item, j, hinted, order = todo[i]
+        correct, valid = judge(item, order, c.text, c.finish_reason)
+        append_jsonl(path, {"item": str(item.id), "sample": j, "hinted": hinted, "order": order,
+                            "output_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason,
+                            "correct": correct, "valid": valid})
+
+    engine.generate([prompt_ids(tok, it, o, h) for it, _, h, o in todo], params, on_finish=save,
+                    seeds=[sample_seed(args.seed + 1, item_key(it), j) for it, j, _, _ in todo])
+    del engine, model
+
+
+def select(records, n_rft: int) -> tuple[list[dict], dict]:
+    """Rejective sampling over stage A's records -> (accepted records, rates)."""
+    by_item: dict[str, list[dict]] = {}
+    for r in records:
+        by_item.setdefault(r["item"], []).append(r)
+    accepted, too_easy, hinted_total, hinted_kept, non_hinted_total = [], 0, 0, 0, 0
+    for rs in by_item.values():
+        plain = sorted((r for r in rs if not r["hinted"]), key=lambda r: r["sample"])
+        rejection = reject_non_hinted([r["correct"] for r in plain])
+        too_easy += rejection.too_easy
+        non_hinted_total += len(plain)
+        accepted += [plain[i] for i in rejection.kept]
+        for r in rs:
+            if r["hinted"]:
+                hinted_total += 1
+                if reject_hinted(r["correct"]):
+                    hinted_kept += 1
+                    accepted.append(r)
+    n = max(len(records), 1)
+    stats = {"items": len(by_item), "trajectories": len(records), "accepted": len(accepted),
+             "acceptance_rate": len(accepted) / n, "too_easy_rate": too_easy / max(len(by_item), 1),
+             "invalid_rate": sum(not r["valid"] for r in records) / n,
+             "non_hinted_correct_rate": sum(r["correct"] for r in records if not r["hinted"]) / max(non_hinted_total, 1),
+             "hinted_acceptance_rate": hinted_kept / hinted_total if hinted_total else None}
+    return accepted, stats
+
+
+# ---------------------------------------------------------------------------- stage B: examples
+
+def rft_examples(accepted, by_id, tok) -> list[tuple[list[int], list[bool]]]:
+    """The NON-hinted prompt (same order) + the accepted output, loss on the output only."""
+    return [sft_example(prompt_ids(tok, by_id[r["item"]], r["order"]), r["output_ids"]) for r in accepted]
+
+
+def chat_examples(path, tok) -> list[tuple[list[int], list[bool]]]:
+    """General chat data: loss on the last assistant turn (its end-of-turn tokens included)."""
+    out = []
+    for r in read_jsonl(path, required=("messages",)):
+        msgs = r["messages"]
+        if msgs[-1]["role"] != "assistant":
+            raise ValueError(f"{path}: the last message must be the assistant's, got {msgs[-1]['role']!r}")
+        prefix = tok.apply_chat_template(msgs[:-1], add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs, add_generation_prompt=False)
+        if not full.startswith(prefix):
+            raise ValueError(f"{path}: the chat template does not render the conversation as prompt + answer")
+        out.append(sft_example(tok.encode(prefix), tok.encode(full[len(prefix):])))
+    return out
+
+
+def meta_examples(records, by_id, tok) -> list[tuple[list[int], float]]:
+    """(meta RM input ids, label 1.0 if the judgment is correct by Eq. 10 else 0.0)."""
+    out = []
+    for r in records:
+        item = by_id[r["item"]]
+        correct, _ = judge(item, r["order"], r["text"], r.get("finish_reason", "stop"))
+        text = tok.apply_chat_template(meta_rm_messages(item.prompt, permute(item.responses, r["order"]), r["text"]),
+                                       add_generation_prompt=False)
+        out.append((tok.encode(text), float(correct)))
+    return out
+
+
+def classifier_from(path, dtype, device, seed: int) -> CausalLM:
+    """--model's backbone with a fresh scalar head: an HF *ForSequenceClassification (num_labels 1)."""
+    lm = load_model(path, dtype=dtype, device=device)
+    raw = dict(lm.config.raw, architectures=[CLASSIFIERS[lm.config.model_type]], num_labels=1,
+               id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    if raw.get("pad_token_id") is None:  # transformers needs it to find each row's last token
+        raw["pad_token_id"] = lm.config.eos_token_id if isinstance(lm.config.eos_token_id, int) else 0
+    with torch.device("meta"):  # no memory until the backbone's weights are copied in
+        model = CausalLM(ModelConfig.from_dict(raw))
+    model = model.to_empty(device=device).to(dtype)
+    model.model.load_state_dict(lm.model.state_dict())
+    model.model.rotary_emb.init_buffers(device)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=g) * raw.get("initializer_range", 0.02))
+    return model
+
+
+def meta_batches(examples, max_tokens, pad_id, seed):
+    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches."""
+    groups = length_grouped([len(ids) for ids, _ in examples], max_tokens)
+    random.Random(seed).shuffle(groups)
+    out = []
+    for g in groups:
+        T = max(len(examples[i][0]) for i in g)
+        ids = torch.full((len(g), T), pad_id, dtype=torch.long)
+        for row, i in enumerate(g):
+            ids[row, :len(examples[i][0])] = torch.tensor(examples[i][0])
+        out.append((ids, torch.tensor([len(examples[i][0]) - 1 for i in g]), torch.tensor([examples[i][1] for i in g])))
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = parse_args(argv)
+    d = distributed.init(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed + d.rank)
+    items = load_items(args.data)
+    by_id = {str(it.id): it for it in items}
+    suffix = f".rank{d.rank}" if d.world > 1 else ""
+
+    # stage A: sample (resumable), then reject
+    try:
+        sample_trajectories(d.shard(items), args, d, out / f"trajectories{suffix}.jsonl")
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted: every finished trajectory is in {out}; rerun the same command to resume")
+    d.barrier()
+    records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_jsonl(f)]
+    tok = load_tokenizer(args.model)
+    pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+    if args.meta_rm:
+        records = [r for r in records if not r["hinted"]]
+        if args.extra_trajectories:
+            records += list(read_jsonl(args.extra_trajectories, required=("item", "order", "text")))
+        examples = meta_examples(records, by_id, tok)
+        stats = {"examples": len(examples), "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
+    else:
+        accepted, stats = select(records, args.n_rft)
+        examples = rft_examples(accepted, by_id, tok)
+        if args.sft_data:
+            chat = chat_examples(args.sft_data, tok)
+            stats["sft_data_examples"] = len(chat)
+            examples += chat
+    if d.main:
+        print("rejection" if not args.meta_rm else "meta RM data", json.dumps(stats), flush=True)
+        (out / ("meta_data.json" if args.meta_rm else "rejection.json")).write_text(json.dumps(stats, indent=2) + "\n")
+    if not examples:
+        sys.exit("train_rft.py: no training examples (every item too easy or every trajectory rejected?)")
+
+    # stage B: the model, its optimizer, the batches of every epoch (a pure function of the seed)
+    dtype = getattr(torch, args.dtype)
+    resume = training.resolve_resume(args.resume, out)
+    if args.meta_rm:
+        model = load_model(resume, dtype, d.device) if resume else classifier_from(args.model, dtype, d.device, args.seed)
+        policy = training.wrap(model.train(), d, args.fsdp)
+        batches_of = lambda epoch: meta_batches(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
+    else:
+        model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
+        policy = training.wrap(training.LogprobForward(model), d, args.fsdp)
+        batches_of = lambda epoch: sft_batches(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
+    model.model.gradient_checkpointing = args.grad_checkpointing
+    optimizer = make_optimizer(policy, args.lr, args.weight_decay)
+    per_rank = len(batches_of(0)) // d.world
+    steps_per_epoch = per_rank // args.grad_accum
+    total = steps_per_epoch * args.epochs
+    if total == 0:
+        sys.exit(f"train_rft.py: {per_rank} batches per rank make no step of --grad-accum {args.grad_accum}")
+    start = training.load_checkpoint(resume, policy, optimizer, d)["step"] if resume else 0
+    log_path = out / "log.jsonl"
+    if d.main and log_path.exists():
+        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] <= start])
+
+    with training.interrupt_guard() as stop:
+        for step in range(start, total):
+            t0 = time.time()
+            epoch, k = divmod(step, steps_per_epoch)
+            batches = d.shard(batches_of(epoch)[:per_rank * d.world])[k * args.grad_accum:(k + 1) * args.grad_accum]
+            lr = lr_at(step, args.lr, args.warmup_steps, total, args.min_lr_ratio)
+            set_lr(optimizer, lr)
+            loss_sum, tokens = 0.0, 0.0
+            for i, batch in enumerate(batches):
+                batch = [t.to(d.device) for t in batch]
+                with training.grad_sync(policy, i == len(batches) - 1):
+                    if args.meta_rm:
+                        ids, last, labels = batch
+                        with training.autocast(d.device):
+                            rewards = policy(ids).float()  # (B, T)
+                        reward = rewards[torch.arange(len(last), device=ids.device), last]  # (B,)
+                        loss = F.binary_cross_entropy_with_logits(reward, labels.float())
+                    else:
+                        ids, mask = batch
+                        logp = policy(ids, mask)  # (B, T-1)
+                        loss = -logp.sum() / mask[:, 1:].sum().clamp(min=1)  # = rft.sft_loss
+                    (loss / len(batches)).backward()
+                loss_sum += loss.item() / len(batches)
+                tokens += float(ids.numel())
+            grad_norm = training.grad_norm_and_clip(policy, args.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            m = training.reduce_metrics(d, {"loss": (loss_sum, 1.0), "tokens": (tokens, 1.0 / d.world),
+                                            "time": (time.time() - t0, 1.0)})
+            record = {"step": step + 1, "epoch": epoch, **m, "lr": lr, "grad_norm": grad_norm}
+            if d.main:
+                append_jsonl(log_path, record)
+                print(f"step {step + 1}/{total} | loss {m['loss']:.4f} | lr {lr:.2e} | gnorm {grad_norm:.3f} | "
+                      f"tokens {m['tokens']:.0f} | {m['time']:.1f}s", flush=True)
+            interrupted = training.stop_requested(d, stop)
+            if (step + 1) % args.save_every == 0 or step + 1 == total or interrupted:
+                path = training.save_checkpoint(out, step + 1, model, policy, optimizer, d, args.model,
+                                                {"data": args.data, "seed": args.seed}, args.keep_last)
+                if d.main:
+                    print(f"saved {path}", flush=True)
+            if interrupted:
+                if d.main:
+                    print(f"interrupted after step {step + 1}: rerun with --resume to continue", flush=True)
+                break
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Rule-based online RL of a GRM with GRPO (paper §3.2, Eq. 10 / 11; GRM_SPEC §5).
+
+    python train_rl.py --model RFT_CHECKPOINT --data pairs.jsonl --out out/rl --steps 900
+    torchrun --nproc_per_node=8 train_rl.py --model ... --data ... [--fsdp]
+
+Each step, top to bottom:
+  1. rollout: take the step's prompts (--prompts-per-step, split across ranks), show each item's
+     responses in a seeded random order, render the GRM prompt with the chat template, and
+     sample G judgments per prompt from the CURRENT policy (the Engine reads the live weights);
+  2. reward: parse each judgment, map its scores back to the original order, r = +1 if correct
+     (Eq. 10), -1 otherwise (invalid or truncated judgments included);
+  3. advantage: group-normalised within each prompt's G samples (grpo.group_advantages);
+  4. loss: old log-probs (the policy before this update) and reference log-probs, both from
+     the same chunked log-prob forward, no grad; then the clipped GRPO objective with the k3
+     KL penalty, over micro-batches with gradient accumulation;
+  5. update: clip the gradient norm, AdamW with linear warmup + cosine decay;
+  6. log (<out>/log.jsonl and one stdout line, metrics all-reduced over ranks) and checkpoint
+     (<out>/checkpoint-<step>, an HF folder; --resume continues exactly where it stopped).
+
+Items: pairs and lists use the default GRM prompt (scores 1..10); singles use the n = 1
+training prompt (scores 0/1, correct iff it equals the label).
+
+Deviations from the paper's GRPO, and open choices (GRM_SPEC marks them open):
+  - ε = 0.2 (--clip-eps), KL = GRPO's k3 estimator per token, rollout temperature 1.0, max
+    judgment length --max-tokens (the paper states none of these).
+  - Advantages use the sample std (G - 1) and are 0 for a group with equal rewards (logged
+    as frac_reward_zero_std); see grpo.py.
+  - One reference model for the whole run (the policy's initialisation unless --ref-model),
+    never refreshed; the paper does not say it was updated.
+  - Old log-probs are recomputed by the training forward, not taken from the sampler, so
+    ρ = 1 exactly on the first pass over a batch (the sampler's kernels round differently).
+  - A truncated judgment (hit --max-tokens) is invalid, even if it closed its \\boxed{}: the
+    same rule infer_scale.py applies.
+  - --epochs-per-batch passes over each rollout batch, one optimizer step per pass (GRPO's μ);
+    the paper's batch size (512) and step count (900) are flags, not defaults baked in.
+  - Prompts longer than --max-prompt-tokens are dropped before training (and counted).
+  - --drop-too-easy samples 3 judgments per item from the reference model at the rollout
+    temperature (the paper's reference model is unspecified) and drops items right 3/3.
+  - Under --fsdp each rank holds the full weights while sampling (training.full_weights).
+  - Prefix sharing stays on within a rollout (the G samples and shuffles of a query share
+    their prompt's K/V), but the engine's cache of freed prefix blocks is cleared after every
+    update: those K/V were computed with the previous weights.
+"""
+import argparse
+import json
+import random
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+from minigrm import distributed, training
+from minigrm.checkpoint import load_model
+from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.engine import Engine, sample_seed
+from minigrm.grpo import group_advantages, grpo_loss
+from minigrm.kv_cache import kv_bytes_per_token
+from minigrm.optim import lr_at, make_optimizer, set_lr
+from minigrm.parser import parse_judgment
+from minigrm.prompts import grm_messages, single_response_messages
+from minigrm.rewards import rule_reward
+from minigrm.sampling import SamplingParams
+from minigrm.tokenizer import load_tokenizer
+from minigrm.voting import permute, shuffled_order, unshuffle
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="HF folder: the policy's initialisation (e.g. the RFT checkpoint)")
+    ap.add_argument("--ref-model", default=None, help="HF folder of the frozen KL reference (default: --model)")
+    ap.add_argument("--data", required=True, help="JSONL of pairs, lists or singles (see minigrm/data.py)")
+    ap.add_argument("--out", default="out/rl", help="output folder: log.jsonl, checkpoint-<step>/, latest")
+    ap.add_argument("--steps", type=int, default=900, help="RL steps (rollout + update) in total (paper: 900)")
+    ap.add_argument("--prompts-per-step", type=int, default=128,
+                    help="prompts per step over all ranks; x group size = outputs per step (paper: 512)")
+    ap.add_argument("--group-size", type=int, default=4, help="G, judgments sampled per prompt (paper: 4)")
+    ap.add_argument("--lr", type=float, default=4e-7, help="peak learning rate (paper: 4e-7)")
+    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
+    ap.add_argument("--warmup-steps", type=int, default=10, help="linear warmup steps")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (matrices only)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
+    ap.add_argument("--beta", type=float, default=0.08, help="KL coefficient (paper: 0.08 for 27B, 0.002 for 16B)")
+    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip range epsilon (open; 0.2 is conventional)")
+    ap.add_argument("--epochs-per-batch", type=int, default=1, help="optimizer passes over each rollout batch")
+    ap.add_argument("--micro-batch-size", type=int, default=8,
+                    help="sequences per forward/backward; gradients accumulate over the rank's whole batch")
+    ap.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (open; 1.0)")
+    ap.add_argument("--max-tokens", type=int, default=1024, help="max tokens per sampled judgment")
+    ap.add_argument("--max-prompt-tokens", type=int, default=4096, help="drop items whose GRM prompt is longer")
+    ap.add_argument("--drop-too-easy", action="store_true",
+                    help="before training, drop items the reference model judges right 3 out of 3 times")
+    ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
+    ap.add_argument("--keep-last", type=int, default=2, help="keep only the last N checkpoints (0: all)")
+    ap.add_argument("--resume", nargs="?", const="latest", default=None,
+                    help="resume from <out>/latest (no value) or from the given checkpoint folder")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data order, response shuffles and samples")
+    ap.add_argument("--dtype", default="float32",
+                    help="weight dtype: float32 (default; bf16 autocast on CUDA) or bfloat16 (pure bf16)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
+    ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
+    return ap.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- prompts and rewards
+
+def item_key(item) -> int:
+    return zlib.crc32(str(item.id).encode())  # stable across processes, unlike hash()
+
+
+def render(item, tok, seed: int) -> tuple[list[int], list[int]]:
+    """-> (prompt token ids, order): the responses shown in a seeded random order."""
+    order = shuffled_order(len(item.responses), seed)
+    if item.kind == "single":
+        messages = single_response_messages(item.prompt, item.responses[0])
+    else:
+        messages = grm_messages(item.prompt, permute(item.responses, order))
+    return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True)), order
+
+
+def judge(item, order, completion) -> tuple[float, bool]:
+    """-> (rule reward ±1, valid): Eq. 10 / 11 on the scores mapped back to the original order."""
+    lo, hi = (0, 1) if item.kind == "single" else (1, 10)
+    scores = parse_judgment(completion.text, len(item.responses), lo, hi).scores
+    if completion.finish_reason != "stop":  # truncated (or a prompt the engine refused)
+        scores = None
+    return rule_reward(unshuffle(scores, order), item.truth), scores is not None
+
+
+def batch_for_step(n_items: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Global item indices of a step: consecutive slices of seeded per-epoch permutations, so
+    the data position is a pure function of the step (nothing to save for a resume)."""
+    out, start = [], step * per_step
+    for pos in range(start, start + per_step):
+        epoch, i = divmod(pos, n_items)
+        perm = list(range(n_items))
+        random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+        out.append(perm[i])
+    return out
+
+
+def drop_too_easy(items, engine, tok, args, d, cache: Path) -> list:
+    """Items that the reference model gets right 3/3 times are dropped (cached in <out>)."""
+    if cache.exists():
+        easy = set(json.loads(cache.read_text()))
+    else:
+        mine = d.shard(list(range(len(items))))
+        rendered = [render(items[i], tok, sample_seed(args.seed, item_key(items[i]), 1)) for i in mine]
+        outs = engine.generate([p for p, _ in rendered], SamplingParams(n=3, temperature=args.temperature,
+                                                                       max_tokens=args.max_tokens),
+                               seeds=[sample_seed(args.seed, item_key(items[i]), 2) for i in mine])
+        flags = [0.0] * len(items)
+        for i, (_, order), samples in zip(mine, rendered, outs):
+            flags[i] = float(all(judge(items[i], order, c)[0] > 0 for c in samples))
+        flags = d.all_sum(flags)
+        easy = sorted(str(items[i].id) for i, f in enumerate(flags) if f > 0)
+        if d.main:
+            cache.write_text(json.dumps(easy) + "\n")
+    kept = [it for it in items if str(it.id) not in easy]
+    if d.main:
+        print(f"drop-too-easy: {len(items) - len(kept)} of {len(items)} items right 3/3, {len(kept)} kept")
+    return kept
+
+
+def pad_batch(seqs, pad_id: int, device):
+    """[(ids, prompt length)] -> (B, T) ids right-padded, (B, T) bool mask of the output tokens."""
+    T = max(len(ids) for ids, _ in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for row, (s, n_prompt) in enumerate(seqs):
+        ids[row, :len(s)] = torch.tensor(s)
+        mask[row, n_prompt:len(s)] = True
+    return ids.to(device), mask.to(device)
+
+
+# ---------------------------------------------------------------------------- training
+
+def main(argv=None):
+    args = parse_args(argv)
+    d = distributed.init(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    G = args.group_size
+    if args.prompts_per_step % d.world:
+        sys.exit(f"--prompts-per-step {args.prompts_per_step} must be a multiple of the {d.world} ranks "
+                 "(every rank runs the same number of micro-batches)")
+    torch.manual_seed(args.seed + d.rank)
+    random.seed(args.seed + d.rank)
+    dtype = getattr(torch, args.dtype)
+
+    # models: the policy (from the checkpoint when resuming), the frozen reference, the engine
+    resume = training.resolve_resume(args.resume, out)
+    model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
+    model.model.gradient_checkpointing = args.grad_checkpointing
+    ref = load_model(args.ref_model or args.model, dtype=dtype, device=d.device).requires_grad_(False)
+    tok = load_tokenizer(args.model)
+    pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+    policy = training.wrap(training.LogprobForward(model), d, args.fsdp)
+    ref_policy = training.wrap(training.LogprobForward(ref), d, args.fsdp, trainable=False)
+    optimizer = make_optimizer(policy, args.lr, args.weight_decay)
+    start = 0
+    if resume:
+        start = training.load_checkpoint(resume, policy, optimizer, d)["step"]
+        if d.main:
+            print(f"resumed from {resume} at step {start}")
+    local_seqs = args.prompts_per_step // d.world * G
+    block = 16
+    num_blocks = max(2, int(args.kv_cache_gb * 2**30 // (kv_bytes_per_token(model.config, dtype) * block)))
+    engine = Engine(model, tok, block_size=block, num_blocks=num_blocks, max_num_seqs=max(local_seqs, 3),
+                    progress=False)  # the bare model: the engine reads its live weights every step
+
+    # data: drop over-long prompts, optionally the too-easy ones
+    items = load_items(args.data)
+    n_all = len(items)
+    items = [it for it in items if len(render(it, tok, 0)[0]) <= args.max_prompt_tokens]
+    if d.main and len(items) < n_all:
+        print(f"dropped {n_all - len(items)} of {n_all} items with prompts over {args.max_prompt_tokens} tokens")
+    if args.drop_too_easy:
+        with training.full_weights(ref_policy):
+            ref_engine = Engine(ref, tok, block_size=block, num_blocks=num_blocks, max_num_seqs=max(local_seqs, 3),
+                                progress=False)
+            items = drop_too_easy(items, ref_engine, tok, args, d, out / "too_easy.json")
+            del ref_engine
+    if not items:
+        sys.exit("train_rl.py: no training items left")
+
+    log_path = out / "log.jsonl"
+    if d.main and log_path.exists():  # drop records of steps after the checkpoint we resume from
+        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] <= start])
+
+    with training.interrupt_guard() as stop:
+        for step in range(start, args.steps):
+            t0 = time.time()
+            # 1. rollout: this rank's share of the step's prompts, G judgments each
+            batch = d.shard(batch_for_step(len(items), step, args.prompts_per_step, args.seed))
+            mine = [items[i] for i in batch]
+            rendered = [render(it, tok, sample_seed(args.seed, item_key(it), step)) for it in mine]
+            params = SamplingParams(n=G, temperature=args.temperature, max_tokens=args.max_tokens)
+            with training.full_weights(policy):
+                outs = engine.generate([p for p, _ in rendered], params,
+                                       seeds=[sample_seed(args.seed + 1, step, i) for i in batch])
+            # 2. rewards: outputs of one prompt are adjacent, as group_advantages wants them
+            judged = [judge(it, order, c) for it, (_, order), samples in zip(mine, rendered, outs) for c in samples]
+            rewards = torch.tensor([r for r, _ in judged])
+            # 3. advantages
+            adv, frac_zero_std = group_advantages(rewards, G)
+            seqs = [(p + c.token_ids, len(p)) for (p, _), samples in zip(rendered, outs) for c in samples]
+            micro = [(*pad_batch(seqs[s:s + args.micro_batch_size], pad_id, d.device),
+                      adv[s:s + args.micro_batch_size].to(d.device))
+                     for s in range(0, len(seqs), args.micro_batch_size)]
+            t1 = time.time()
+            # 4. old (policy before the update) and reference log-probs, same forward, no grad
+            with torch.no_grad():
+                old = [policy(ids, mask) for ids, mask, _ in micro]
+                ref_lp = [ref_policy(ids, mask) for ids, mask, _ in micro]
+            # 5. loss and update: one optimizer step per pass over the batch
+            lr = lr_at(step, args.lr, args.warmup_steps, args.steps, args.min_lr_ratio)
+            set_lr(optimizer, lr)
+            sums = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio": 0.0, "tokens": 0.0}
+            for _ in range(args.epochs_per_batch):
+                for k, (ids, mask, a) in enumerate(micro):
+                    with training.grad_sync(policy, k == len(micro) - 1):
+                        logp = policy(ids, mask)  # (b, T-1)
+                        loss, stats = grpo_loss(logp, old[k], ref_lp[k], a, mask[:, 1:], args.clip_eps, args.beta)
+                        (loss * len(a) / len(seqs)).backward()  # the rank's mean over outputs
+                    n_tok = float(mask.sum())
+                    sums["loss"] += loss.item() * len(a) / len(seqs) / args.epochs_per_batch
+                    for name in ("kl", "clip_frac", "ratio"):
+                        sums[name] += stats[name] * n_tok
+                    sums["tokens"] += n_tok
+                grad_norm = training.grad_norm_and_clip(policy, args.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            engine.reset_prefix_cache()  # its cached prompt K/V came from the old weights
+            t2 = time.time()
+
+            # 6. log (all-reduced) and checkpoint
+            n, groups = float(len(seqs)), float(len(seqs) // G)
+            m = training.reduce_metrics(d, {
+                "loss": (sums["loss"], 1.0), "reward_mean": (float(rewards.sum()), n),
+                "frac_reward_zero_std": (frac_zero_std * groups, groups),
+                "invalid_rate": (float(sum(not v for _, v in judged)), n),
+                "length": (float(sum(len(c.token_ids) for s in outs for c in s)), n),
+                "truncated_rate": (float(sum(c.finish_reason == "length" for s in outs for c in s)), n),
+                "kl": (sums["kl"], sums["tokens"]), "clip_frac": (sums["clip_frac"], sums["tokens"]),
+                "ratio": (sums["ratio"], sums["tokens"]),
+                "time_sample": (t1 - t0, 1.0), "time_update": (t2 - t1, 1.0)})
+            record = {"step": step + 1, **m, "lr": lr, "grad_norm": grad_norm, "outputs": n * d.world}
+            if d.main:
+                append_jsonl(log_path, record)
+                print(f"step {step + 1}/{args.steps} | loss {m['loss']:+.4f} | reward {m['reward_mean']:+.3f} | "
+                      f"zero-std {m['frac_reward_zero_std']:.2f} | invalid {m['invalid_rate']:.2f} | "
+                      f"kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | len {m['length']:.0f} | "
+                      f"lr {lr:.2e} | gnorm {grad_norm:.3f} | sample {m['time_sample']:.1f}s "
+                      f"update {m['time_update']:.1f}s", flush=True)
+            interrupted = training.stop_requested(d, stop)
+            if (step + 1) % args.save_every == 0 or step + 1 == args.steps or interrupted:
+                path = training.save_checkpoint(out, step + 1, model, policy, optimizer, d, args.model,
+                                                {"data": args.data, "seed": args.seed}, args.keep_last)
+                if d.main:
+                    print(f"saved {path}", flush=True)
+            if interrupted:
+                if d.main:
+                    print(f"interrupted after step {step + 1}: rerun with --resume to continue", flush=True)
+                break
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
