@@ -122,8 +122,13 @@ def main(argv=None):
     t_ours = run_minigrm(model, prompts, args)
     rows = [("minigrm", t_ours)]
     if not args.no_hf:
+        import gc
+
         import transformers
         del model
+        gc.collect()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()  # hand the engine's KV pool back before transformers runs
         hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device).eval()
         rows.append(("transformers", run_hf(hf, prompts, args)))
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"

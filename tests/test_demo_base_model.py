@@ -1,0 +1,38 @@
+"""The demo's tokenizer and tiny base model, made from scratch, load in minigrm and transformers."""
+import random
+
+import torch
+import transformers
+
+import minigrm
+from minigrm.demo.base_model import pretrain, train_tokenizer
+
+
+def corpus(n=400, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        out.append(rng.choice([f"{a} + {b} = {a + b}", f"Q: What is {a} + {b}? A: {a + b}"]))
+    return out
+
+
+def test_tokenizer_and_base_model_from_scratch(tmp_path):
+    texts = corpus()
+    folder = train_tokenizer(texts, vocab_size=300, folder=tmp_path / "base")
+    losses = []
+    pretrain(folder, texts, steps=30, batch_size=8, seq_len=64, lr=3e-3, hidden=64, layers=2, heads=4,
+             kv_heads=2, log=lambda line: losses.append(float(line.split("loss ")[1].split()[0])))
+    assert losses[-1] < losses[0] - 0.5  # it learns
+    tok = minigrm.load_tokenizer(folder)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    msgs = [{"role": "user", "content": "What is 12 + 30?"}]
+    text = tok.apply_chat_template(msgs)
+    assert text == hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert tok.encode(text) == hf_tok.encode(text, add_special_tokens=False)
+    ours = minigrm.load_model(folder)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max() < 1e-4
+    assert tok.eos_token_id == ours.config.eos_token_id  # generation stops at <|im_end|>
