@@ -362,15 +362,7 @@ def main(argv=None):
                 append_jsonl(log_path, record)
                 print(f"step {step + 1}/{total} | loss {m['loss']:.4f} | lr {lr:.2e} | gnorm {grad_norm:.3f} | "
                       f"tokens {m['tokens']:.0f} | {m['time']:.1f}s", flush=True)
-            interrupted = training.stop_requested(d, stop)
-            if (step + 1) % args.save_every == 0 or step + 1 == total or interrupted:
-                path = training.save_checkpoint(out, step + 1, model, policy, optimizer, d, args.model,
-                                                {"data": args.data, "seed": args.seed}, args.keep_last)
-                if d.main:
-                    print(f"saved {path}", flush=True)
-            if interrupted:
-                if d.main:
-                    print(f"interrupted after step {step + 1}: rerun with --resume to continue", flush=True)
+            if training.checkpoint_step(out, step + 1, total, args, model, policy, optimizer, d, stop):
                 break
     distributed.shutdown()
 

@@ -296,15 +296,7 @@ def main(argv=None):
                       f"kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | len {m['length']:.0f} | "
                       f"lr {lr:.2e} | gnorm {grad_norm:.3f} | sample {m['time_sample']:.1f}s "
                       f"update {m['time_update']:.1f}s", flush=True)
-            interrupted = training.stop_requested(d, stop)
-            if (step + 1) % args.save_every == 0 or step + 1 == args.steps or interrupted:
-                path = training.save_checkpoint(out, step + 1, model, policy, optimizer, d, args.model,
-                                                {"data": args.data, "seed": args.seed}, args.keep_last)
-                if d.main:
-                    print(f"saved {path}", flush=True)
-            if interrupted:
-                if d.main:
-                    print(f"interrupted after step {step + 1}: rerun with --resume to continue", flush=True)
+            if training.checkpoint_step(out, step + 1, args.steps, args, model, policy, optimizer, d, stop):
                 break
     distributed.shutdown()
 

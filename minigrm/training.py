@@ -177,6 +177,20 @@ def stop_requested(d, stop) -> bool:
     return d.all_sum([float(stop["requested"])])[0] > 0
 
 
+def checkpoint_step(out, step: int, total: int, args, model, policy, optimizer, d, stop) -> bool:
+    """End of a training step: save every --save-every steps, at the end and when interrupted
+    (all ranks together). -> True when the loop must stop (Ctrl-C)."""
+    interrupted = stop_requested(d, stop)
+    if step % args.save_every == 0 or step == total or interrupted:
+        path = save_checkpoint(out, step, model, policy, optimizer, d, args.model,
+                               {"data": args.data, "seed": args.seed}, args.keep_last)
+        if d.main:
+            print(f"saved {path}", flush=True)
+    if interrupted and d.main:
+        print(f"interrupted after step {step}: rerun with --resume to continue", flush=True)
+    return interrupted
+
+
 class _FullModel:
     """What save_model reads from a model (config and state_dict), for a gathered FSDP2 state."""
 
