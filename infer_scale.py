@@ -20,14 +20,13 @@ import argparse
 import csv
 import json
 import sys
-import zlib
 from pathlib import Path
 
 import torch
 
 import minigrm
 from minigrm import distributed
-from minigrm.data import append_jsonl, load_items, read_jsonl
+from minigrm.data import append_jsonl, item_key, load_items, read_jsonl
 from minigrm.engine import Engine, sample_seed
 from minigrm.evaluate import summarize
 from minigrm.meta_rm import load_meta_rm
@@ -71,17 +70,13 @@ def ks_up_to(k_max: int) -> list[int]:
     return ks if ks[-1] == k_max else ks + [k_max]
 
 
-def item_key(item) -> int:
-    return zlib.crc32(str(item.id).encode())  # stable across processes, unlike hash()
-
-
 def order_for(item, sample, seed) -> list[int]:
     n = len(item.responses)
     return list(range(n)) if sample == GREEDY else shuffled_order(n, sample_seed(seed, item_key(item), sample))
 
 
-def score_range(item) -> tuple[int, int]:
-    return 1, 10  # singles too are scored 1..10 at evaluation (GRM_SPEC §1)
+def model_dtype(args, d) -> torch.dtype:
+    return getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if d.device.type == "cuda" else torch.float32)
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -93,7 +88,7 @@ def sample_judgments(items, args, d, path) -> None:
     print(f"[rank {d.rank}] {len(done)} judgments on disk, {len(todo)} to sample", flush=True)
     if not todo:
         return
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if d.device.type == "cuda" else torch.float32)
+    dtype = model_dtype(args, d)
     model = minigrm.load_model(args.model, dtype=dtype, device=d.device)
     tok = minigrm.load_tokenizer(args.model)
     engine = Engine(model, tok, max_num_seqs=256, progress=not args.no_progress)
@@ -111,7 +106,7 @@ def sample_judgments(items, args, d, path) -> None:
 
             def save(i, _, c, jobs=jobs, orders=orders):
                 item, sample = jobs[i]
-                j = parse_judgment(c.text, len(item.responses), *score_range(item))
+                j = parse_judgment(c.text, len(item.responses))  # 1..10, singles too (GRM_SPEC §1)
                 append_jsonl(path, {"item": str(item.id), "sample": sample, "order": orders[i],
                                     "scores": j.scores if c.finish_reason != "length" else None,
                                     "reason": j.reason if c.finish_reason != "length" else "truncated",
@@ -128,7 +123,7 @@ def rate_judgments(items, args, d, judgments, path) -> None:
     todo = [r for r in judgments if r["sample"] != GREEDY and (r["item"], r["sample"]) not in done]
     if not todo:
         return
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if d.device.type == "cuda" else torch.float32)
+    dtype = model_dtype(args, d)
     meta = load_meta_rm(args.meta_rm, dtype=dtype, device=d.device)
     for start in range(0, len(todo), 256):
         batch = todo[start:start + 256]

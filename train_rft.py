@@ -47,7 +47,6 @@ import json
 import random
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import torch
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 from minigrm import distributed, training
 from minigrm.checkpoint import load_model
 from minigrm.config import ModelConfig
-from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.data import append_jsonl, item_key, load_items, read_jsonl, write_jsonl
 from minigrm.engine import Engine, sample_seed
 from minigrm.kv_cache import kv_bytes_per_token
 from minigrm.model import CausalLM
@@ -112,10 +111,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------- stage A: sampling
-
-def item_key(item) -> int:
-    return zlib.crc32(str(item.id).encode())
-
 
 def messages_for(item, order, hint: bool):
     if item.kind == "single":

@@ -46,14 +46,13 @@ import json
 import random
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import torch
 
 from minigrm import distributed, training
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.data import append_jsonl, item_key, load_items, read_jsonl, write_jsonl
 from minigrm.engine import Engine, sample_seed
 from minigrm.grpo import group_advantages, grpo_loss
 from minigrm.kv_cache import kv_bytes_per_token
@@ -106,10 +105,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------- prompts and rewards
-
-def item_key(item) -> int:
-    return zlib.crc32(str(item.id).encode())  # stable across processes, unlike hash()
-
 
 def render(item, tok, seed: int) -> tuple[list[int], list[int]]:
     """-> (prompt token ids, order): the responses shown in a seeded random order."""

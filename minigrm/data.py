@@ -22,6 +22,7 @@ Open choice: "best" is a 0-based index (the hint and the prompts number response
 """
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,12 @@ class Item:
     kind: str                 # "pair" | "list" | "single"
     subset: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+def item_key(item: Item) -> int:
+    """A stable integer per item id (seeds its shuffles and samples); unlike hash(), the same
+    in every process and run."""
+    return zlib.crc32(str(item.id).encode())
 
 
 def _numbered_records(path):
