@@ -36,3 +36,23 @@ def test_tokenizer_and_base_model_from_scratch(tmp_path):
     with torch.no_grad():
         assert (ours(ids) - hf(ids).logits).abs().max() < 1e-4
     assert tok.eos_token_id == ours.config.eos_token_id  # generation stops at <|im_end|>
+
+
+def test_template_pieces_are_whole_tokens_and_round_trip(tmp_path):
+    from minigrm.demo.base_model import template_pieces
+    from minigrm.prompts import grm_messages, meta_rm_messages, single_response_messages
+
+    folder = train_tokenizer(corpus(), vocab_size=300, folder=tmp_path / "base")
+    tok = minigrm.load_tokenizer(folder)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    q, rs = "What is 12 + 30?", ["42", "12 + 30 = 41.", "The answer is 43.", "It is 32"]
+    for msgs in (grm_messages(q, rs), grm_messages(q, rs[:2], best_index=1), single_response_messages(q, rs[0]),
+                 meta_rm_messages(q, rs[:3], "Scores: \\boxed{9, 2, 1}")):
+        text = tok.apply_chat_template(msgs, add_generation_prompt=msgs[-1]["role"] == "user")
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text and ids == hf_tok.encode(text, add_special_tokens=False)
+        # the ~630 words of fixed instructions cost one token each piece; the rest is the query and responses
+        assert len(ids) < 80, len(ids)
+    pieces = template_pieces()
+    assert all(len(tok.encode(p)) == 1 for p in pieces) and len(pieces) == 21
+    assert len(tok.encode(grm_messages(q, rs)[0]["content"].replace("scoring", "scorinG"))) > 300  # not a lookup of the whole prompt

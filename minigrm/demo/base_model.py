@@ -11,9 +11,11 @@
    `seq_len` tokens (each text followed by <|endoftext|>), AdamW with warmup + cosine, then the
    weights are saved in the HF folder format (loadable by transformers as well).
 
-The tokenizer is trained on the texts the model will ever see (pretraining corpus, GRM prompts
-and judgments), so the fixed prompt template costs few tokens; the *model* meets the judgment
-format only in rejective fine-tuning, as the paper's base models do.
+Decision (the demo only): the fixed text of the GRM prompt templates (the paper's ~630-word
+preamble, criteria and output-format block, the response markers, the hint) is added to the
+vocabulary as whole tokens (`template_pieces`). The model still reads the exact prompt, byte for
+byte, but a prompt costs ~60 tokens instead of ~800, so a few-million-parameter model spends its
+CPU time on the query and the responses rather than on re-reading the same instructions.
 """
 import argparse
 import json
@@ -21,20 +23,33 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..checkpoint import save_model
 from ..config import ModelConfig
 from ..model import CausalLM
 from ..optim import lr_at, make_optimizer, set_lr
+from ..prompts import grm_prompt, hinted, meta_rm_prompt, single_response_prompt
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
+def template_pieces(max_responses: int = 4) -> list[str]:
+    """The fixed text between the variable parts (query, responses) of every GRM prompt variant
+    with 1..max_responses responses: render with a sentinel, split on it, keep the pieces."""
+    s = "\x00"
+    texts = [single_response_prompt(s, s)]
+    for n in range(1, max_responses + 1):
+        texts += [grm_prompt(s, [s] * n), meta_rm_prompt(s, [s] * n)]
+        texts += [hinted(s, j) for j in range(n)]
+    return sorted({p for t in texts for p in t.split(s) if len(p) > 1})
+
+
 def train_tokenizer(texts, vocab_size: int, folder) -> Path:
-    """Byte-level BPE on `texts`; writes tokenizer.json + tokenizer_config.json to `folder`."""
+    """Byte-level BPE on `texts` plus the template pieces as whole tokens; writes
+    tokenizer.json + tokenizer_config.json to `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -43,6 +58,7 @@ def train_tokenizer(texts, vocab_size: int, folder) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
+    tok.add_tokens([AddedToken(p, normalized=False) for p in template_pieces()])
     tok.save(str(folder / "tokenizer.json"))
     config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
               "unk_token": None, "chat_template": CHATML, "model_max_length": 4096,

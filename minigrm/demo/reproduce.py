@@ -2,14 +2,17 @@
 
     python -m minigrm.demo.reproduce --out out/demo            # the full run (CPU: hours)
     python -m minigrm.demo.reproduce --out out/smoke --quick   # every stage for a few steps
+    python -m minigrm.demo.reproduce --out out/demo --ship minigrm/demo   # and ship the result
 
 Stages (each writes under --out and is skipped when its result already exists, so an
 interrupted run resumes stage by stage):
   data      minigrm.demo.task.write_splits: train.jsonl, test.jsonl (held-out questions)
   teacher   the cold-start corpus: GRM prompts (responses shuffled) + the teacher's judgments
-  base      BPE tokenizer + tiny Llama pretrained on the task's plain language (base_model.py)
-  rft       train_rft.py: rejective sampling from the base model (non-hinted and hinted), plus
-            the teacher corpus as SFT data (the base model cannot write the format yet)
+  base      BPE tokenizer + tiny Llama pretrained on the task's plain language mixed with the
+            teacher corpus (base_model.py): like the paper's pretrained bases, it can already
+            write judgments in the format, with the arithmetic a few million parameters manage
+  rft       train_rft.py: rejective sampling from the base model itself (non-hinted and hinted),
+            fine-tuning on the accepted trajectories
   rl        train_rl.py: GRPO with the ±1 rule reward, from the RFT checkpoint
   meta_rm   train_rft.py --meta-rm: a scalar head on the RFT backbone, trained on judgments
             sampled from the RL model, labelled by Eq. 10
@@ -19,34 +22,41 @@ interrupted run resumes stage by stage):
 import argparse
 import json
 import random
+import shutil
 from pathlib import Path
 
 import infer_scale
 import train_rft
 import train_rl
 
-from ..data import load_items, write_jsonl
-from ..prompts import grm_prompt
+from ..data import load_items, read_jsonl, write_jsonl
+from ..prompts import grm_prompt, single_response_prompt
+from ..tokenizer import load_tokenizer
 from ..training import latest_checkpoint
 from ..voting import permute, shuffled_order
 from . import task
 from .base_model import pretrain, train_tokenizer
 
-FULL = dict(n_train=3000, n_test=300, texts=30000, vocab=2048, pretrain_steps=1500, rft_epochs=2, rl_steps=200,
-            rl_prompts=8, k_max=16, max_tokens=128)
-QUICK = dict(n_train=24, n_test=6, texts=600, vocab=400, pretrain_steps=4, rft_epochs=1, rl_steps=1,
-             rl_prompts=2, k_max=2, max_tokens=16)
+FULL = dict(n_train=3000, n_test=300, texts=30000, vocab=2048, pretrain_steps=1500, rft_epochs=2, rft_lr="3e-4",
+            rl_steps=200, rl_prompts=8, rl_lr="5e-5", k_max=16, max_tokens=128)
+QUICK = dict(n_train=24, n_test=6, texts=600, vocab=400, pretrain_steps=4, rft_epochs=1, rft_lr="3e-4",
+             rl_steps=1, rl_prompts=2, rl_lr="5e-5", k_max=2, max_tokens=16)
 
 
 def teacher_corpus(items, seed: int) -> list[dict]:
-    """Chat records {"messages": [user: GRM prompt, assistant: teacher judgment]}."""
+    """Chat records {"messages": [user: GRM prompt, assistant: teacher judgment]}, responses
+    shuffled; a single also gets the 0/1 prompt that training uses for singles."""
     rng = random.Random(seed)
+    chat = lambda user, assistant: {"messages": [{"role": "user", "content": user},  # noqa: E731
+                                                 {"role": "assistant", "content": assistant}]}
     out = []
     for it in items:
         order = shuffled_order(len(it.responses), rng.randrange(2**31))
         shown = permute(it.responses, order)
-        out.append({"messages": [{"role": "user", "content": grm_prompt(it.prompt, shown)},
-                                 {"role": "assistant", "content": task.teacher_judgment(it.prompt, shown)}]})
+        out.append(chat(grm_prompt(it.prompt, shown), task.teacher_judgment(it.prompt, shown)))
+        if it.kind == "single":
+            out.append(chat(single_response_prompt(it.prompt, shown[0]),
+                            task.teacher_judgment_binary(it.prompt, shown[0])))
     return out
 
 
@@ -63,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--out", default="out/demo", help="where every stage writes")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that every stage runs")
     ap.add_argument("--seed", type=int, default=0, help="seed of data, init, sampling and batches")
+    ap.add_argument("--ship", default=None, help="copy the final GRM, meta RM and test split here (minigrm/demo)")
     args = ap.parse_args(argv)
     c = QUICK if args.quick else FULL
     out, seed = Path(args.out), str(args.seed)
@@ -76,19 +87,22 @@ def main(argv=None):
     base = out / "base"
     if stage("base", base / "model.safetensors"):
         texts = task.pretraining_corpus(c["texts"], args.seed)
-        chats = [m["content"] for r in teacher_corpus(load_items(train), args.seed) for m in r["messages"]]
-        train_tokenizer(texts + chats, c["vocab"], base)
-        pretrain(base, texts, c["pretrain_steps"], seed=args.seed)
+        chats = [r["messages"] for r in teacher_corpus(load_items(train), args.seed)]
+        train_tokenizer(texts + [m["content"] for msgs in chats for m in msgs], c["vocab"], base)
+        tok = load_tokenizer(base)
+        pretrain(base, texts + [tok.apply_chat_template(msgs, add_generation_prompt=False) for msgs in chats], c["pretrain_steps"], seed=args.seed)
 
     if stage("rft", out / "rft" / "latest"):
-        train_rft.main(["--model", str(base), "--data", str(train), "--sft-data", str(out / "teacher.jsonl"),
-                        "--out", str(out / "rft"), "--epochs", str(c["rft_epochs"]), "--lr", "1e-3",
+        # --quick: 4 pretraining steps cannot write the format, so the teacher corpus stands in
+        sft = ["--sft-data", str(out / "teacher.jsonl")] if args.quick else []
+        train_rft.main(["--model", str(base), "--data", str(train), *sft,
+                        "--out", str(out / "rft"), "--epochs", str(c["rft_epochs"]), "--lr", c["rft_lr"],
                         "--max-tokens", str(c["max_tokens"]), *common])
     rft = latest_checkpoint(out / "rft")
     if stage("rl", out / "rl" / "latest"):
         train_rl.main(["--model", str(rft), "--data", str(train), "--out", str(out / "rl"),
                        "--steps", str(c["rl_steps"]), "--prompts-per-step", str(c["rl_prompts"]),
-                       "--lr", "1e-5", "--beta", "0.02", "--max-tokens", str(c["max_tokens"]),
+                       "--lr", c["rl_lr"], "--beta", "0.02", "--max-tokens", str(c["max_tokens"]),
                        "--save-every", "50", *common])
     rl = latest_checkpoint(out / "rl")
     if stage("meta_rm", out / "meta_rm" / "latest"):
@@ -112,8 +126,38 @@ def main(argv=None):
         for r in rows:
             lines.append(f"| {name} | {r['setting']} | {pct(r['accuracy'])} | {pct(r['accuracy_strict'])} | "
                          f"{pct(r['invalid_rate'])} |")
+    lines += ["", "RFT rejective sampling (from the base model): "
+              + json.dumps(json.loads((out / "rft" / "rejection.json").read_text())), "", *rl_curve(out / "rl" / "log.jsonl")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.ship:
+        ship(rl, meta, test, out / "results.md", Path(args.ship))
+
+
+def rl_curve(log: Path, window: int = 20) -> list[str]:
+    """GRPO's learning curve as a table: means of the logged metrics over windows of steps."""
+    rows = list(read_jsonl(log))
+    lines = ["| GRPO steps | reward mean | invalid | frac_reward_zero_std | KL | length |", "|---|---|---|---|---|---|"]
+    for i in range(0, len(rows), window):
+        w = rows[i:i + window]
+        m = {k: sum(r[k] for r in w) / len(w) for k in ("reward_mean", "invalid_rate", "frac_reward_zero_std",
+                                                        "kl", "length")}
+        lines.append(f"| {w[0]['step']}-{w[-1]['step']} | {m['reward_mean']:+.3f} | {100 * m['invalid_rate']:.1f}% | "
+                     f"{m['frac_reward_zero_std']:.2f} | {m['kl']:.4f} | {m['length']:.1f} |")
+    return lines
+
+
+def ship(grm: Path, meta: Path, test: Path, results: Path, dest: Path) -> None:
+    """Copy what `python infer_scale.py` runs on by default: the final GRM and meta RM (weights,
+    config, tokenizer; no optimizer state), the held-out split and the results table."""
+    for src, name in ((grm, "grm"), (meta, "meta_rm")):
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(src / f, dest / name / f)
+    (dest / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(test, dest / "data" / "test.jsonl")
+    shutil.copy2(results, dest / "results.md")
+    print(f"shipped the GRM, the meta RM and the held-out split to {dest}")
 
 
 if __name__ == "__main__":
