@@ -12,7 +12,7 @@ One run (paper §4, Eq. 14; GRM_SPEC §6):
   3. the meta RM (if given) rates every sampled judgment (<out>/meta.jsonl, also resumable);
   4. Voting@k and MetaRM@k (top k/2 by meta reward) for k = 1, 2, 4, ..., k_max are computed by
      taking each item's first k samples; the table goes to the terminal, <out>/results.json,
-     <out>/results.csv and, with matplotlib installed, <out>/scaling.png.
+     <out>/results.csv and the plot <out>/scaling.svg (minigrm/plot.py, no plotting library).
 Accuracy uses the paper's tie rule (shuffle, then argmax) and a strict rule (tie = wrong);
 single-response items (ReaLMistake-style) are scored by ROC-AUC of the voted score.
 """
@@ -31,6 +31,7 @@ from minigrm.engine import Engine, sample_seed
 from minigrm.evaluate import summarize
 from minigrm.meta_rm import load_meta_rm
 from minigrm.parser import parse_judgment
+from minigrm.plot import scaling_svg
 from minigrm.prompts import grm_messages
 from minigrm.rewards import is_correct
 from minigrm.sampling import SamplingParams
@@ -182,7 +183,7 @@ def evaluate(items, judgments, metas, args) -> list[dict]:
     return rows
 
 
-def report(rows, out: Path) -> None:
+def report(rows, out: Path, title: str = "") -> None:
     cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
     widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in cols]
@@ -195,27 +196,9 @@ def report(rows, out: Path) -> None:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    metric = "accuracy" if rows[0]["accuracy"] is not None else "roc_auc"
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for prefix in ("Voting", "MetaRM"):
-        pts = [(r["k"], 100 * r[metric]) for r in rows if r["setting"].startswith(prefix) and r[metric] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"{prefix}@k")
-    greedy = rows[0][metric]
-    if greedy is not None:
-        ax.axhline(100 * greedy, color="gray", linestyle="--", label="Greedy")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (sampled judgments)")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "scaling.png", dpi=120)
+    svg = scaling_svg(rows, title=title)
+    if svg:
+        (out / "scaling.svg").write_text(svg)
 
 
 def main(argv=None):
@@ -244,8 +227,9 @@ def main(argv=None):
         judgments = [r for f in files for r in read_jsonl(f)]
         metas = [r for f in sorted(out.glob("meta*.jsonl")) for r in read_jsonl(f)]
         rows = evaluate(items, judgments, metas if args.meta_rm and not args.no_meta_rm else [], args)
+        title = f"{Path(args.model).name} on {Path(args.data).name}: {len(items)} items"
         print(f"\n{args.model} on {args.data}: {len(items)} items, k_max={args.k_max}, T={args.temperature}")
-        report(rows, out)
+        report(rows, out, title)
     distributed.shutdown()
 
 
