@@ -9,18 +9,23 @@ quirks are resolved here once, into plain switches:
     Gemma-2   (1 + w) RMSNorms, four per layer, embeddings scaled by sqrt(hidden),
               GeGLU-tanh MLP, attention scale query_pre_attn_scalar**-0.5, attention and
               final logit tanh softcaps, sliding window on every other layer
+    DeepSeek-V2  multi-head latent attention (mla.py, `kv_lora_rank` > 0), mixture-of-experts
+              MLPs from layer `first_k_dense_replace` on (moe.py), YaRN RoPE on the rope part
+              of q/k with its mscale in the softmax scale
 
 A `*ForSequenceClassification` architecture (the meta RM) sets `num_labels` and a `score`
 head instead of `lm_head`. Anything we do not implement is refused with an error that
 names the field, rather than silently computing something else.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FAMILIES = ("llama", "qwen2", "qwen3", "gemma2")
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "deepseek_v2")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
-ROPE_TYPES = ("default", "llama3")
+ROPE_TYPES = ("default", "llama3", "yarn")  # yarn: DeepSeek-V2 only
+TOPK_METHODS = ("greedy", "group_limited_greedy")
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
@@ -38,7 +43,7 @@ class ModelConfig:
     hidden_act: str = "silu"
     max_position_embeddings: int = 4096
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None  # None or {"rope_type": "llama3", "factor", ...}
+    rope_scaling: dict | None = None  # None or {"rope_type": "llama3" | "yarn", "factor", ...}
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
     o_bias: bool = False
@@ -53,6 +58,24 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: list[str] = field(default_factory=list)
     num_labels: int = 0  # > 0: sequence-classification head `score` instead of `lm_head`
+    # DeepSeek-V2 multi-head latent attention (mla.py), on when kv_lora_rank > 0; head_dim is
+    # then qk_nope_head_dim + qk_rope_head_dim (the query/key width) and RoPE spans the rope part
+    kv_lora_rank: int = 0
+    q_lora_rank: int | None = None  # None: one q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # DeepSeek-V2 mixture of experts (moe.py), on when n_routed_experts > 0, in every layer
+    # from first_k_dense_replace on (the layers before keep the dense MLP of intermediate_size)
+    n_routed_experts: int = 0
+    n_shared_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    topk_method: str = "greedy"  # or "group_limited_greedy": best topk_group of n_group groups first
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    first_k_dense_replace: int = 0
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -102,6 +125,8 @@ class ModelConfig:
             raise ValueError(f"unsupported hidden_act {c.hidden_act!r}; minigrm supports {ACTIVATIONS}")
         c.rope_theta, c.rope_scaling = _rope(raw)
         _family_switches(c, raw)
+        if mt == "deepseek_v2":
+            _deepseek_v2(c, raw)
         c.num_labels = _num_labels(raw)
         return c
 
@@ -114,15 +139,77 @@ def _rope(raw: dict) -> tuple[float, dict | None]:
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"unsupported rope_scaling type {rope_type!r}; minigrm supports {ROPE_TYPES}")
+    if rope_type == "yarn" and raw.get("model_type") != "deepseek_v2":
+        raise ValueError("unsupported rope_scaling type 'yarn' outside deepseek_v2 (untested there)")
     if raw.get("partial_rotary_factor", 1.0) != 1.0 or params.get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError("unsupported field partial_rotary_factor != 1.0")
     if rope_type == "default":
         return float(theta), None
+    if rope_type == "yarn":
+        return float(theta), _yarn(params)
     scaling = {"rope_type": "llama3", "factor": params["factor"],
                "low_freq_factor": params["low_freq_factor"], "high_freq_factor": params["high_freq_factor"],
                "original_max_position_embeddings": params.get("original_max_position_embeddings",
                                                               raw.get("max_position_embeddings"))}
     return float(theta), scaling
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn(params: dict) -> dict:
+    """YaRN as DeepSeek-V2 (and transformers) computes it: the frequencies in model.py; here the
+    two scalars. cos/sin are multiplied by `attention_factor` = mscale(mscale) / mscale(mscale_all_dim)
+    (1.0 in the released models) and the softmax scale by mscale(mscale_all_dim)**2 (`_deepseek_v2`)."""
+    for key in ("factor", "original_max_position_embeddings"):
+        if params.get(key) is None:
+            raise ValueError(f"rope_scaling of type yarn needs the field {key}")
+    if "attention_factor" in params or params.get("truncate", True) is not True:
+        raise ValueError("unsupported yarn fields attention_factor / truncate=False (DeepSeek-V2 uses neither)")
+    factor, m, m_all = float(params["factor"]), params.get("mscale"), params.get("mscale_all_dim")
+    # transformers' rule: both mscales given -> their ratio; otherwise mscale(factor, 1)
+    attention_factor = _yarn_mscale(factor, m) / _yarn_mscale(factor, m_all) if m and m_all else _yarn_mscale(factor)
+    return {"rope_type": "yarn", "factor": factor, "beta_fast": params.get("beta_fast") or 32,
+            "beta_slow": params.get("beta_slow") or 1, "mscale_all_dim": m_all or 0.0,
+            "original_max_position_embeddings": params["original_max_position_embeddings"],
+            "attention_factor": attention_factor}
+
+
+def _deepseek_v2(c: ModelConfig, raw: dict) -> None:
+    """MLA and MoE fields of a DeepSeek-V2 config.json; the variants we do not implement are refused."""
+    required = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts",
+                "num_experts_per_tok", "moe_intermediate_size")
+    missing = [k for k in required if not raw.get(k)]
+    if missing:
+        raise ValueError(f"deepseek_v2 config.json lacks (or zeroes) the field(s) {missing}")
+    for k in required:
+        setattr(c, k, int(raw[k]))
+    c.q_lora_rank = raw.get("q_lora_rank") or None
+    c.n_shared_experts = raw.get("n_shared_experts") or 0
+    c.topk_method = raw.get("topk_method") or "greedy"
+    c.n_group, c.topk_group = raw.get("n_group") or 1, raw.get("topk_group") or 1
+    c.routed_scaling_factor = float(raw.get("routed_scaling_factor", 1.0))
+    c.first_k_dense_replace = raw.get("first_k_dense_replace") or 0
+    c.qkv_bias = c.o_bias = bool(raw.get("attention_bias", False))  # q_a_proj, kv_a_proj_with_mqa, o_proj
+    c.mlp_bias = bool(raw.get("mlp_bias", False))
+    c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim  # MLA has no KV heads: num_key_value_heads is unused
+    c.num_key_value_heads = c.num_attention_heads
+    c.attn_scale = c.head_dim**-0.5
+    if c.rope_scaling is not None and c.rope_scaling["mscale_all_dim"]:
+        c.attn_scale *= _yarn_mscale(c.rope_scaling["factor"], c.rope_scaling["mscale_all_dim"]) ** 2
+    if c.topk_method not in TOPK_METHODS:
+        raise ValueError(f"unsupported topk_method {c.topk_method!r}; minigrm supports {TOPK_METHODS}")
+    if c.topk_method == "group_limited_greedy" and (c.n_routed_experts % c.n_group or c.topk_group > c.n_group):
+        raise ValueError(f"n_group={c.n_group} must divide n_routed_experts={c.n_routed_experts} "
+                         f"and be >= topk_group={c.topk_group}")
+    if raw.get("scoring_func", "softmax") != "softmax":
+        raise ValueError(f"unsupported scoring_func {raw['scoring_func']!r}; minigrm supports softmax")
+    if raw.get("norm_topk_prob"):  # transformers ignores it; every released DeepSeek-V2 sets it false
+        raise ValueError("unsupported field norm_topk_prob=True (minigrm uses the unnormalised top-k softmax)")
+    if raw.get("moe_layer_freq", 1) != 1:
+        raise ValueError(f"unsupported field moe_layer_freq={raw['moe_layer_freq']} (only 1: every layer "
+                         "from first_k_dense_replace on is MoE)")
 
 
 def _family_switches(c: ModelConfig, raw: dict) -> None:

@@ -56,6 +56,9 @@ class Engine:
         self.progress = progress
         self._next_id = 0
         self.stats = {"steps": 0, "prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0}
+        if cuda_graphs and model.config.kv_lora_rank:
+            raise ValueError("cuda_graphs: not for MLA models (the torch latent decode would read the "
+                             "graphs' full block-table width every step)")
         if cuda_graphs and p.is_cuda:
             from .cuda_graphs import DecodeGraphs
             self.runner.graphs = DecodeGraphs(self.runner, max_num_seqs, self.max_model_len)

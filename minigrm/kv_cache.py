@@ -1,8 +1,10 @@
 """Paged KV cache: fixed-size blocks, block tables, and automatic prefix sharing.
 
-Every layer's cache is one tensor (num_blocks, block_size, Hkv, D) for K and one for V. A
-sequence owns a *block table*: logical block i of the sequence lives in physical block
-table[i]. Token t is stored at slot table[t // block_size] * block_size + t % block_size.
+Every layer's cache is one tensor (num_blocks, block_size, Hkv, D) for K and one for V; with
+DeepSeek-V2's multi-head latent attention (mla.py) it is a single latent tensor (num_blocks,
+block_size, 1, kv_lora_rank + qk_rope_head_dim) holding [c_kv, k_pe] per token, shared by all
+heads (576 numbers per token and layer in V2-Lite instead of 2 * 16 * 128). A sequence owns
+a *block table*: logical block i of the sequence lives in physical block table[i]. Token t is stored at slot table[t // block_size] * block_size + t % block_size.
 
 Prefix sharing: a *full* block is identified by its tokens and by the identity of everything
 before it (the key of the previous block), so the same prefix always maps to the same key.
@@ -114,7 +116,11 @@ class BlockManager:
 
 
 def allocate_kv_cache(config, num_blocks: int, block_size: int, dtype, device):
-    """Per-layer K and V caches: lists of (num_blocks, block_size, Hkv, D) tensors."""
+    """Per-layer K and V caches: lists of (num_blocks, block_size, Hkv, D) tensors. MLA: the
+    first list holds the latent caches (num_blocks, block_size, 1, R + Dr), the second is None."""
+    if config.kv_lora_rank:
+        shape = (num_blocks, block_size, 1, config.kv_lora_rank + config.qk_rope_head_dim)
+        return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)], None
     shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
     k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
     v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
@@ -122,6 +128,9 @@ def allocate_kv_cache(config, num_blocks: int, block_size: int, dtype, device):
 
 
 def kv_bytes_per_token(config, dtype) -> int:
+    """Cache bytes of one token over all layers: K and V of every KV head, or MLA's latent row."""
+    if config.kv_lora_rank:
+        return config.num_hidden_layers * (config.kv_lora_rank + config.qk_rope_head_dim) * dtype.itemsize
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.itemsize
 
 

@@ -1,4 +1,7 @@
-"""The decoder-only transformer for the dense families (Llama, Qwen2, Qwen3, Gemma-2).
+"""The decoder-only transformer: Llama, Qwen2, Qwen3, Gemma-2 and DeepSeek-V2.
+
+DeepSeek-V2 swaps two blocks of the layer: multi-head latent attention (mla.py) for
+`Attention`, and from layer `first_k_dense_replace` on a mixture of experts (moe.py) for `MLP`.
 
 Module and parameter names equal the Hugging Face checkpoint's (`model.layers.3.self_attn.q_proj`),
 so loading weights is a dictionary lookup. RoPE uses HF's half-split layout (`rotate_half`),
@@ -43,22 +46,27 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for RoPE, with optional Llama-3 frequency scaling."""
+    """cos/sin tables for RoPE, with optional Llama-3 or YaRN frequency scaling. With MLA the
+    tables span only the rope part of each head (qk_rope_head_dim)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        self.attention_factor = (config.rope_scaling or {}).get("attention_factor", 1.0)  # YaRN
 
     def init_buffers(self, device):  # after building on the meta device
         self.inv_freq = self._inv_freq().to(device)
 
     def _inv_freq(self) -> torch.Tensor:
-        c, d = self.config, self.config.head_dim
+        c = self.config
+        d = c.qk_rope_head_dim or c.head_dim
         inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))  # (D/2,)
         s = c.rope_scaling
         if s is None:
             return inv_freq
+        if s["rope_type"] == "yarn":
+            return _yarn_inv_freq(inv_freq, d, c.rope_theta, s)
         # Llama-3: keep high frequencies, divide low ones by `factor`, interpolate in between.
         old_ctx = s["original_max_position_embeddings"]
         wavelen = 2 * math.pi / inv_freq
@@ -72,7 +80,21 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions[..., None].float() * self.inv_freq  # (..., T, D/2), fp32 like HF
         emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, D)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return (emb.cos() * self.attention_factor).to(dtype), (emb.sin() * self.attention_factor).to(dtype)
+
+
+def _yarn_inv_freq(inv_freq, dim: int, base: float, s: dict):
+    """YaRN (arXiv 2309.00071), as DeepSeek-V2 and transformers compute it: frequencies that turn
+    more than beta_fast times over the original context are kept, those turning fewer than
+    beta_slow times are divided by `factor`, with a linear ramp between (range floored/ceiled)."""
+    def dim_of(turns):  # the (fractional) dimension whose wavelength fits `turns` times in the context
+        return dim * math.log(s["original_max_position_embeddings"] / (turns * 2 * math.pi)) / (2 * math.log(base))
+    low, high = max(math.floor(dim_of(s["beta_fast"])), 0), min(math.ceil(dim_of(s["beta_slow"])), dim - 1)
+    if low == high:
+        high += 0.001  # as HF: no zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # 1: interpolate
+    interpolated = 1.0 / (s["factor"] * (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)))
+    return interpolated * ramp + inv_freq * (1 - ramp)
 
 
 def rotate_half(x):
@@ -146,12 +168,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Gated MLP: down(act(gate(x)) * up(x)); act = SiLU (SwiGLU) or tanh-GELU (GeGLU)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, intermediate_size: int | None = None):  # MoE experts: their own width
         super().__init__()
-        c = config
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+        c, inner = config, intermediate_size or config.intermediate_size
+        self.gate_proj = nn.Linear(c.hidden_size, inner, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, inner, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(inner, c.hidden_size, bias=c.mlp_bias)
         self.gelu = c.hidden_act == "gelu_pytorch_tanh"
 
     def forward(self, x):
@@ -165,8 +187,10 @@ class DecoderLayer(nn.Module):
         super().__init__()
         c = config
         norm = lambda: RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)  # noqa: E731
-        self.self_attn = Attention(c, layer_idx)
-        self.mlp = MLP(c)
+        from .mla import MLAttention  # imported late: mla.py and moe.py build on this file's modules
+        from .moe import MoE
+        self.self_attn = MLAttention(c, layer_idx) if c.kv_lora_rank else Attention(c, layer_idx)
+        self.mlp = MoE(c) if c.n_routed_experts and layer_idx >= c.first_k_dense_replace else MLP(c)
         self.input_layernorm = norm()
         self.post_attention_layernorm = norm()
         if c.sandwich_norms:  # Gemma-2 normalises both the input and the output of each block
@@ -201,7 +225,8 @@ class Decoder(nn.Module):
             x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cos, sin = self.rotary_emb(positions, x.dtype)
+        rope_dtype = torch.float32 if self.config.kv_lora_rank else x.dtype  # MLA rotates in fp32, like HF
+        cos, sin = self.rotary_emb(positions, rope_dtype)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, attn, use_reentrant=False)

@@ -5,8 +5,10 @@ A step is one flat batch of N tokens (B=1, T=N for the decoder): first the new t
 prefilling sequence, then one token per decoding sequence. Each attention layer first stores
 the K/V of all N tokens in the cache, then attends through the block tables: prefill queries
 with the torch reference (gather the sequence's K/V, causal attention with an offset), decode
-queries with the paged decode-attention kernel. Storing first is what lets two sequences
-admitted in the same step share a prefix block that only one of them computes.
+queries with the paged decode-attention kernel. MLA layers (DeepSeek-V2) store one latent row
+[c_kv, k_pe] per token instead and call `attend_latent`: prefill up-projects the gathered
+latent into per-head K/V, decode attends in latent space (mla.py). Storing first is what lets
+two sequences admitted in the same step share a prefix block that only one of them computes.
 
 Decode-only steps can be replayed from CUDA graphs (captured per batch-size bucket), which
 removes the per-kernel launch overhead that dominates small models.
@@ -26,7 +28,7 @@ class PagedAttention:
     """The decoder's attention backend for one step (see `model.Attention.forward`)."""
 
     def __init__(self, k_cache, v_cache, slot_mapping, prefill_spans, decode_tables, decode_lens, cascade=None):
-        self.k_cache, self.v_cache = k_cache, v_cache  # per layer (num_blocks, block_size, Hkv, D)
+        self.k_cache, self.v_cache = k_cache, v_cache  # per layer (num_blocks, block_size, Hkv, D); MLA: latent, None
         self.slot_mapping = slot_mapping  # (N,) where each token's K/V goes
         self.prefill_spans = prefill_spans  # [(first query row, rows, context length, block table)]
         self.num_prefill_rows = sum(n for _, n, _, _ in prefill_spans)
@@ -55,6 +57,24 @@ class PagedAttention:
         p = self.num_prefill_rows
         if p < q.shape[0]:
             out[p:] = self.decode(module, q[p:], kc, vc)
+        return out[None]
+
+    def attend_latent(self, module, q_nope, q_pe, c_kv, k_pe):
+        """`mla.MLAttention.forward`'s backend. q_nope (1, N, H, Dn), q_pe (1, N, H, Dr), c_kv
+        (1, N, R), k_pe (1, N, 1, Dr) -> (1, N, H, Dv). No cascade: each row is read once per
+        sequence, but it is 576 numbers for all heads."""
+        cache, R = self.k_cache[module.layer_idx], module.rank  # (num_blocks, block_size, 1, R + Dr)
+        rows = torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1)  # (N, R + Dr)
+        cache.view(-1, cache.shape[-1])[self.slot_mapping] = rows.to(cache.dtype)  # eager steps: no slot < 0
+        q_nope, q_pe = q_nope[0], q_pe[0]  # (N, H, Dn), (N, H, Dr)
+        out = q_nope.new_empty(*q_nope.shape[:2], module.v_dim)  # (N, H, Dv)
+        for start, n, ctx, table in self.prefill_spans:
+            lat = gather_kv(cache, cache, table, ctx)[0][None, :, 0]  # (1, ctx, R + Dr)
+            out[start:start + n] = module.attend_expanded(q_nope[None, start:start + n], q_pe[None, start:start + n],
+                                                          lat[..., :R], lat[..., None, R:])[0]
+        p = self.num_prefill_rows
+        if p < out.shape[0]:
+            out[p:] = module.latent_decode(q_nope[p:], q_pe[p:], cache, self.decode_tables, self.decode_lens)
         return out[None]
 
 

@@ -28,6 +28,16 @@ def hf_config(family: str, **overrides):
     elif family == "gemma2":  # small window and caps so both change the result
         cfg = dict(base, head_dim=32, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
                    sliding_window=7, attn_logit_softcapping=5.0, final_logit_softcapping=4.0)
+    elif family == "deepseek_v2":  # V2-Lite's shape in miniature: MLA without q compression, YaRN,
+        # a dense first layer, then MoE with 2 shared + 8 routed experts, 3 active, greedy routing
+        cfg = dict(base, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=16,
+                   qk_rope_head_dim=8, v_head_dim=12, n_routed_experts=8, n_shared_experts=2,
+                   num_experts_per_tok=3, moe_intermediate_size=24, first_k_dense_replace=1,
+                   topk_method="greedy", n_group=1, topk_group=1, routed_scaling_factor=1.0,
+                   tie_word_embeddings=False,
+                   rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, beta_fast=32,
+                                        beta_slow=1, mscale=0.707, mscale_all_dim=0.707,
+                                        original_max_position_embeddings=64))
     else:
         raise ValueError(family)
     cfg.update(overrides)
@@ -46,7 +56,7 @@ def perturb(model, seed: int = 0):
         elif "embed" in name:
             p.copy_(noise)
         else:
-            p.copy_(noise / p.shape[1] ** 0.5)
+            p.copy_(noise / p.shape[-1] ** 0.5)  # fan-in (HF keeps MoE experts as 3-D (E, out, in))
     return model
 
 

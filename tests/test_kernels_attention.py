@@ -91,7 +91,7 @@ def test_rope_kernel_matches_reference(triton_backend, D, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rope_reference_is_the_model_rope(dtype):
     D, g = 32, gen(3)
-    cfg = types.SimpleNamespace(head_dim=D, rope_theta=10000.0, rope_scaling=None)
+    cfg = types.SimpleNamespace(head_dim=D, qk_rope_head_dim=0, rope_theta=10000.0, rope_scaling=None)
     rotary = RotaryEmbedding(cfg)
     q, k = torch.randn(6, 4, D, generator=g).to(dtype), torch.randn(6, 2, D, generator=g).to(dtype)
     pos = torch.tensor([3, 0, 9, 100, 2, 7])
