@@ -57,6 +57,7 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--chunk", type=int, default=64, help="items sampled together (bounds memory, not results)")
+    ap.add_argument("--max-num-seqs", type=int, default=256, help="sequences decoded together (engine batch)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.meta_rm is None and not args.no_meta_rm and args.model == str(DEMO / "grm"):
@@ -92,7 +93,7 @@ def sample_judgments(items, args, d, path) -> None:
     dtype = model_dtype(args, d)
     model = minigrm.load_model(args.model, dtype=dtype, device=d.device)
     tok = minigrm.load_tokenizer(args.model)
-    engine = Engine(model, tok, max_num_seqs=256, progress=not args.no_progress)
+    engine = Engine(model, tok, max_num_seqs=args.max_num_seqs, progress=not args.no_progress)
     for start in range(0, len(todo), args.chunk * (args.k_max + 1)):
         chunk = todo[start:start + args.chunk * (args.k_max + 1)]
         for greedy in (True, False):

@@ -18,9 +18,9 @@ import torch
 NEG_INF = float("-inf")
 
 
-def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int):
+def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1):
     """Group decode rows by shared leading blocks. -> [(rows, n_shared_blocks)] for groups
-    of >= 2 rows that share >= 1 block, and each row's first private position."""
+    of >= 2 rows that share >= min_blocks blocks, and each row's first private position."""
     by_first: dict[int, list[int]] = {}
     for r, t in enumerate(block_tables):
         by_first.setdefault(t[0], []).append(r)
@@ -33,7 +33,7 @@ def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: in
         for r in rows[1:]:
             t = block_tables[r]
             n = next((i for i in range(n) if t[i] != first[i]), n)
-        if n > 0:
+        if n >= max(min_blocks, 1):
             groups.append((rows, n))
             for r in rows:
                 start[r] = n * block_size

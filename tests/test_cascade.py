@@ -46,3 +46,12 @@ def test_groups_never_share_the_block_a_query_sits_in():
     groups, start = decode_groups(tables, lens=[9, 8], block_size=4)  # row 1 sits in block 8
     assert groups == [([0, 1], 1)] and start == [4, 4]
     assert decode_groups([[1, 2], [3, 4]], [5, 5], 4) == ([], [0, 0])
+
+
+def test_decode_groups_min_blocks():
+    tables, lens = [[1, 2, 3, 9], [1, 2, 3, 10], [4, 5, 11]], [15, 15, 10]
+    groups, start = decode_groups(tables, lens, block_size=4)
+    assert groups == [([0, 1], 3)] and start == [12, 12, 0]
+    assert decode_groups(tables, lens, block_size=4, min_blocks=3)[0] == [([0, 1], 3)]
+    groups, start = decode_groups(tables, lens, block_size=4, min_blocks=4)  # too short a prefix: no cascade
+    assert groups == [] and start == [0, 0, 0]

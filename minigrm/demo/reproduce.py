@@ -38,7 +38,7 @@ from . import task
 from .base_model import pretrain, train_tokenizer
 
 FULL = dict(n_train=3000, n_test=300, texts=30000, vocab=2048, pretrain_steps=1500, rft_epochs=2, rft_lr="3e-4",
-            rl_steps=200, rl_prompts=8, rl_lr="5e-5", k_max=16, max_tokens=128)
+            rl_steps=250, rl_prompts=32, rl_lr="1e-4", k_max=16, max_tokens=128)
 QUICK = dict(n_train=24, n_test=6, texts=600, vocab=400, pretrain_steps=4, rft_epochs=1, rft_lr="3e-4",
              rl_steps=1, rl_prompts=2, rl_lr="5e-5", k_max=2, max_tokens=16)
 
