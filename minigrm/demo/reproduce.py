@@ -1,6 +1,6 @@
 """The whole SPCT pipeline on the demo task, from nothing, with the project's own scripts.
 
-    python -m minigrm.demo.reproduce --out out/demo            # the full run (CPU: hours)
+    python -m minigrm.demo.reproduce --out out/demo            # the full run (~75 min on 2 CPU cores)
     python -m minigrm.demo.reproduce --out out/smoke --quick   # every stage for a few steps
     python -m minigrm.demo.reproduce --out out/demo --ship minigrm/demo   # and ship the result
 
