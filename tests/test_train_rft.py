@@ -17,6 +17,7 @@ import train_rft
 from minigrm.data import load_items, read_jsonl
 from minigrm.meta_rm import load_meta_rm
 from minigrm.tokenizer import load_tokenizer
+from test_train_rl import tiny_deepseek  # noqa: F401 (fixture)
 from test_training import one_thread, tiny_model, write_items  # noqa: F401 (fixtures)
 
 
@@ -152,3 +153,22 @@ def test_meta_rm_mode(tiny_model, data, tmp_path, monkeypatch):
         want = [hf(torch.tensor([s])).logits.item() for s in seqs]
     assert max(abs(x - y) for x, y in zip(got, want)) < 1e-4
     assert abs(got[0] - got[1]) > 1e-6
+
+
+def test_rft_on_deepseek_v2(tiny_deepseek, data, tmp_path, monkeypatch):  # noqa: F811
+    """Rejective sampling from the latent KV cache and SFT through MLA and the experts."""
+    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    torch.set_num_threads(1)
+    out = tmp_path / "ds"
+    train_rft.main(common(tiny_deepseek, data, out) + ["--max-tokens-per-batch", "1500"])
+    assert json.loads((out / "rejection.json").read_text())["accepted"] > 0
+    log = list(read_jsonl(out / "log.jsonl"))
+    ckpt = out / f"checkpoint-{log[-1]['step']}"
+    ours, before = minigrm.load_model(ckpt), minigrm.load_model(tiny_deepseek)
+    ids = torch.randint(0, 49152, (1, 16))
+    with torch.no_grad():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt).eval()
+        assert (hf(ids).logits - ours(ids)).abs().max() < 1e-4
+    for name in ("self_attn.kv_a_proj_with_mqa.weight", "mlp.shared_experts.down_proj.weight"):
+        assert not torch.equal(ours.get_parameter(f"model.layers.1.{name}"),
+                               before.get_parameter(f"model.layers.1.{name}")), name
