@@ -54,22 +54,19 @@ import torch.nn.functional as F
 
 from minigrm import distributed, training
 from minigrm.checkpoint import load_model
-from minigrm.config import ModelConfig
 from minigrm.data import append_jsonl, item_key, load_items, read_jsonl, write_jsonl
 from minigrm.engine import Engine, sample_seed
 from minigrm.kv_cache import kv_bytes_per_token
-from minigrm.model import CausalLM
+from minigrm.meta_rm import classifier_from, meta_batches
 from minigrm.optim import lr_at, make_optimizer, set_lr
 from minigrm.parser import parse_judgment
 from minigrm.prompts import grm_messages, meta_rm_messages, single_response_messages
 from minigrm.rewards import best_index, is_correct
-from minigrm.rft import length_grouped, reject_hinted, reject_non_hinted, sft_batches, sft_example
+from minigrm.rft import reject_hinted, reject_non_hinted, sft_batches, sft_example
 from minigrm.sampling import SamplingParams
 from minigrm.tokenizer import load_tokenizer
 from minigrm.voting import permute, shuffled_order, unshuffle
 
-CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
-               "qwen3": "Qwen3ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification"}
 
 
 def parse_args(argv=None):
@@ -224,38 +221,6 @@ def meta_examples(records, by_id, tok) -> list[tuple[list[int], float]]:
         text = tok.apply_chat_template(meta_rm_messages(item.prompt, permute(item.responses, r["order"]), r["text"]),
                                        add_generation_prompt=False)
         out.append((tok.encode(text), float(correct)))
-    return out
-
-
-def classifier_from(path, dtype, device, seed: int) -> CausalLM:
-    """--model's backbone with a fresh scalar head: an HF *ForSequenceClassification (num_labels 1)."""
-    lm = load_model(path, dtype=dtype, device=device)
-    raw = dict(lm.config.raw, architectures=[CLASSIFIERS[lm.config.model_type]], num_labels=1,
-               id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-    if raw.get("pad_token_id") is None:  # transformers needs it to find each row's last token
-        raw["pad_token_id"] = lm.config.eos_token_id if isinstance(lm.config.eos_token_id, int) else 0
-    with torch.device("meta"):  # no memory until the backbone's weights are copied in
-        model = CausalLM(ModelConfig.from_dict(raw))
-    model = model.to_empty(device=device).to(dtype)
-    model.model.load_state_dict(lm.model.state_dict())
-    model.model.rotary_emb.init_buffers(device)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=g) * raw.get("initializer_range", 0.02))
-    return model
-
-
-def meta_batches(examples, max_tokens, pad_id, seed):
-    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches."""
-    groups = length_grouped([len(ids) for ids, _ in examples], max_tokens)
-    random.Random(seed).shuffle(groups)
-    out = []
-    for g in groups:
-        T = max(len(examples[i][0]) for i in g)
-        ids = torch.full((len(g), T), pad_id, dtype=torch.long)
-        for row, i in enumerate(g):
-            ids[row, :len(examples[i][0])] = torch.tensor(examples[i][0])
-        out.append((ids, torch.tensor([len(examples[i][0]) - 1 for i in g]), torch.tensor([examples[i][1] for i in g])))
     return out
 
 

@@ -13,11 +13,19 @@ text does not end in the pad token, and robust when the pad token also occurs in
 Open choice (not stated by the paper): the exact rendering of the assistant turn; we use the
 tokenizer's own chat template, trailing end-of-turn tokens included.
 """
+import random
+
 import torch
 
 from .checkpoint import load_model
+from .config import ModelConfig
+from .model import CausalLM
 from .prompts import meta_rm_messages
+from .rft import length_grouped
 from .tokenizer import load_tokenizer
+
+CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
+               "qwen3": "Qwen3ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification"}
 
 
 class MetaRM:
@@ -61,3 +69,40 @@ class MetaRM:
 
 def load_meta_rm(path, dtype=torch.float32, device="cpu", **kw) -> MetaRM:
     return MetaRM(load_model(path, dtype=dtype, device=device), load_tokenizer(path), **kw)
+
+
+# ---------------------------------------------------------------- training (train_rft.py --meta-rm)
+
+def classifier_from(path, dtype, device, seed: int) -> CausalLM:
+    """--model's backbone with a fresh scalar head: an HF *ForSequenceClassification (num_labels 1)."""
+    lm = load_model(path, dtype=dtype, device=device)
+    if lm.config.model_type not in CLASSIFIERS:
+        raise ValueError(f"no scalar-head architecture for model_type {lm.config.model_type!r}; "
+                         f"meta-RM training supports {sorted(CLASSIFIERS)}")
+    raw = dict(lm.config.raw, architectures=[CLASSIFIERS[lm.config.model_type]], num_labels=1,
+               id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    if raw.get("pad_token_id") is None:  # transformers needs it to find each row's last token
+        raw["pad_token_id"] = lm.config.eos_token_id if isinstance(lm.config.eos_token_id, int) else 0
+    with torch.device("meta"):  # no memory until the backbone's weights are copied in
+        model = CausalLM(ModelConfig.from_dict(raw))
+    model = model.to_empty(device=device).to(dtype)
+    model.model.load_state_dict(lm.model.state_dict())
+    model.model.rotary_emb.init_buffers(device)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=g) * raw.get("initializer_range", 0.02))
+    return model
+
+
+def meta_batches(examples, max_tokens, pad_id, seed):
+    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches."""
+    groups = length_grouped([len(ids) for ids, _ in examples], max_tokens)
+    random.Random(seed).shuffle(groups)
+    out = []
+    for g in groups:
+        T = max(len(examples[i][0]) for i in g)
+        ids = torch.full((len(g), T), pad_id, dtype=torch.long)
+        for row, i in enumerate(g):
+            ids[row, :len(examples[i][0])] = torch.tensor(examples[i][0])
+        out.append((ids, torch.tensor([len(examples[i][0]) - 1 for i in g]), torch.tensor([examples[i][1] for i in g])))
+    return out
