@@ -87,10 +87,11 @@ def main(argv=None):
     base = out / "base"
     if stage("base", base / "model.safetensors"):
         texts = task.pretraining_corpus(c["texts"], args.seed)
-        chats = [r["messages"] for r in teacher_corpus(load_items(train), args.seed)]
+        chats = [r["messages"] for r in read_jsonl(out / "teacher.jsonl")]
         train_tokenizer(texts + [m["content"] for msgs in chats for m in msgs], c["vocab"], base)
         tok = load_tokenizer(base)
-        pretrain(base, texts + [tok.apply_chat_template(msgs, add_generation_prompt=False) for msgs in chats], c["pretrain_steps"], seed=args.seed)
+        chats = [tok.apply_chat_template(msgs, add_generation_prompt=False) for msgs in chats]
+        pretrain(base, texts + chats, c["pretrain_steps"], seed=args.seed)
 
     if stage("rft", out / "rft" / "latest"):
         # --quick: 4 pretraining steps cannot write the format, so the teacher corpus stands in
