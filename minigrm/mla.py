@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import RMSNorm, causal_attention
+from .layers import RMSNorm, causal_attention
 
 
 def apply_rope_interleaved(x, cos, sin):

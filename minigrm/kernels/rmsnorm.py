@@ -2,7 +2,7 @@
 
 Contract: `rms_norm(x, weight, eps, offset=0.0, residual=None) -> (y, h)`, x (N, C) any float
 dtype, weight (C,). h = x + residual in x's dtype (or h = x), y = RMSNorm(h) in x's dtype,
-bit-for-bit the recipe of `minigrm.model.RMSNorm.forward`:
+bit-for-bit the recipe of `minigrm.layers.RMSNorm.forward`:
   - variance in fp32: r = rsqrt(mean(h_fp32^2) + eps)
   - offset == 0 (Llama, Qwen): y = weight * (h_fp32 * r).to(dtype)   (cast, then scale)
   - offset != 0 (Gemma, x * (1 + w)): y = (h_fp32 * r * (offset + weight.float())).to(dtype)
@@ -82,7 +82,7 @@ def rms_norm_triton(x, weight, eps: float, offset: float = 0.0, residual=None):
 
 
 def rms_norm_ref(x, weight, eps: float, offset: float = 0.0, residual=None):
-    """The readable twin: exactly minigrm.model.RMSNorm.forward after an optional add."""
+    """The readable twin: exactly minigrm.layers.RMSNorm.forward after an optional add."""
     _check(x, weight, residual)
     h = x + residual if residual is not None else x  # (N, C) in x's dtype
     n = h.float()

@@ -3,7 +3,7 @@
 Contract: `apply_rope(q, k, positions, inv_freq) -> (q_out, k_out)`; q (N, H, D), k (N, Hkv, D)
 (token-major, as the flattened decode/prefill batch holds them), positions (N,) int,
 inv_freq (D/2,) fp32. Out-of-place; outputs are contiguous and in q's / k's dtype.
-Semantics = `RotaryEmbedding.forward` + `apply_rope` of minigrm.model, HF's half-split
+Semantics = `RotaryEmbedding.forward` + `apply_rope` of minigrm.layers, HF's half-split
 ("rotate_half") convention, so checkpoints need no Q/K permutation:
     freqs = positions.float() * inv_freq            fp32, (N, D/2)
     cos, sin = cos(freqs).to(dtype), sin(freqs).to(dtype)
