@@ -10,9 +10,11 @@ import transformers
 
 import minigrm
 from factories import VOCAB, hf_model, save_hf
-from minigrm import kernels, mla
+from test_engine import PROMPTS, assert_triton_equals_torch, engine
+from test_training import one_thread  # noqa: F401 (autouse fixture)
+from minigrm import mla
 from minigrm.config import ModelConfig
-from minigrm.engine import Engine, teacher_forced_logprobs
+from minigrm.engine import teacher_forced_logprobs
 from minigrm.kv_cache import allocate_kv_cache, kv_bytes_per_token
 from minigrm.model import CausalLM, apply_rope
 from minigrm.sampling import SamplingParams
@@ -31,8 +33,6 @@ VARIANTS = {
     # plain RoPE, every layer MoE
     "plain-rope-all-moe": dict(first_k_dense_replace=0, rope_parameters=dict(rope_type="default", rope_theta=1e4)),
 }
-PROMPTS = [[5, 17, 33, 8, 61, 7, 9, 11, 3, 4], [5, 17, 33, 8, 61, 7, 9, 11, 80, 81, 82, 83, 84], [40, 41]]
-
 # DeepSeek-V2-Lite's config.json (the base of DeepSeek-GRM-16B), as transformers 5 saves it
 V2_LITE = dict(
     architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2", vocab_size=102400, hidden_size=2048,
@@ -46,14 +46,6 @@ V2_LITE = dict(
     rope_parameters=dict(beta_fast=32, beta_slow=1, factor=40, mscale=0.707, mscale_all_dim=0.707,
                          original_max_position_embeddings=4096, rope_theta=10000, rope_type="yarn", type="yarn"),
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def max_diff(a, b):
@@ -212,10 +204,6 @@ def test_latent_decode_equals_expanded_attention():
     assert max_diff(out, torch.stack(expected)) < 1e-5
 
 
-def engine(model, **kw):
-    return Engine(model, None, **{"block_size": 4, "num_blocks": 64, "progress": False, **kw})
-
-
 def test_engine_greedy_equals_transformers_generate(pair):
     hf, ours, _ = pair
     e = engine(ours)
@@ -246,16 +234,7 @@ def test_engine_logprobs_equal_full_forward_with_sharing_and_preemption(pair):
 def test_engine_on_triton_kernels_equals_torch_path(tmp_path):
     """The GPU path (RMSNorm kernel on kv_a_layernorm's strided rows and q_a_layernorm, the
     sampler; interpreted on CPU) gives the torch path's tokens. MLA attention is torch on both."""
-    ours = minigrm.load_model(save_hf(hf_model("deepseek_v2", **VARIANTS["qlora-grouped"]), tmp_path))
-    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=6, ignore_eos=True, seed=1)
-    ref = engine(ours).generate(PROMPTS, params)
-    kernels.set_backend("triton")
-    try:
-        out = engine(ours).generate(PROMPTS, params)
-    finally:
-        kernels.set_backend("auto")
-    for a, b in zip(sum(ref, []), sum(out, [])):
-        assert a.token_ids == b.token_ids and max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+    assert_triton_equals_torch(minigrm.load_model(save_hf(hf_model("deepseek_v2", **VARIANTS["qlora-grouped"]), tmp_path)))
 
 
 def test_engine_refuses_cuda_graphs_for_mla(pair):

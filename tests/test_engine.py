@@ -99,12 +99,16 @@ def test_bad_prompts_fail_alone(tiny):
 def test_engine_on_triton_kernels_equals_torch_path(family, tmp_path):
     """The whole engine with every kernel forced (interpreted on CPU) gives the torch path's
     tokens: RMSNorm (Gemma's 1 + w, Qwen3's q/k norms), KV store, paged attention, sampler."""
-    ours = minigrm.load_model(save_hf(hf_model(family), tmp_path))
+    assert_triton_equals_torch(minigrm.load_model(save_hf(hf_model(family), tmp_path)))
+
+
+def assert_triton_equals_torch(model):
+    """Sample with every kernel forced (interpreted on CPU) and with the torch twins: same tokens."""
     params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=6, ignore_eos=True, seed=1)
-    ref = engine(ours).generate(PROMPTS, params)
+    ref = engine(model).generate(PROMPTS, params)
     kernels.set_backend("triton")
     try:
-        out = engine(ours).generate(PROMPTS, params)
+        out = engine(model).generate(PROMPTS, params)
     finally:
         kernels.set_backend("auto")
     for g_ref, g_out in zip(ref, out):
