@@ -4,6 +4,8 @@ Loading builds the model on the `meta` device (no memory), checks the checkpoint
 against the model's before reading a byte of weights, then streams tensor by tensor: each is
 read, cast to the requested dtype, moved to the device and assigned in place of its meta
 parameter. Peak memory is the model in its final dtype plus one tensor, never two copies.
+Finally q/k/v and gate/up weights are moved into one storage each (fused.py): the modules and
+names stay the checkpoint's, the decoder runs one matmul for each group.
 
 Saving writes what `save_pretrained` writes: config.json, `model.safetensors` or numbered
 shards with `model.safetensors.index.json`, and the tokenizer files of a source folder.
@@ -17,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
+from .fused import fuse_projections
 from .model import CausalLM
 
 INDEX = "model.safetensors.index.json"
@@ -75,7 +78,7 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> Causal
         if hasattr(m, "init_buffers"):
             m.init_buffers(device)
     model.tie_weights()
-    return model.eval()
+    return fuse_projections(model).eval()  # q/k/v and gate/up rows in one storage each (fused.py)
 
 
 def _assign(model: CausalLM, key: str, tensor: torch.Tensor, dtype, device) -> None:
@@ -96,8 +99,7 @@ def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int =
     """Write an HF folder that transformers and minigrm both load (tied head stored once)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-             if k in expected_keys(model)}
+    state = {k: _own(v.detach().to("cpu")) for k, v in model.state_dict().items() if k in expected_keys(model)}
     dtype = next(iter(state.values())).dtype
     config = dict(model.config.raw)
     config["dtype"] = str(dtype).removeprefix("torch.")
@@ -120,6 +122,13 @@ def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int =
             if (Path(tokenizer_dir) / name).exists():
                 shutil.copy2(Path(tokenizer_dir) / name, path / name)
     return path
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """t in a storage of its own: safetensors refuses tensors that share memory (fused views)."""
+    if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

@@ -12,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .fused import fused_linear
 from .kernels import use_triton
-from .kernels.rmsnorm import rms_norm_triton
+from .kernels.rmsnorm import rms_norm, rms_norm_triton
 
 
 class RMSNorm(nn.Module):
@@ -32,6 +33,17 @@ class RMSNorm(nn.Module):
         if self.offset:  # Gemma scales in fp32, then casts
             return (h * (self.offset + self.weight.float())).type_as(x)
         return self.weight * h.type_as(x)  # Llama casts, then scales in the weight's dtype
+
+    def add_forward(self, x, residual=None):
+        """(RMSNorm(residual + x), residual + x): the decoder's add + norm, one kernel on GPU."""
+        if residual is None:
+            return self(x), x
+        if use_triton(x) and not torch.is_grad_enabled():
+            y, h = rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps, self.offset,
+                            residual.reshape(-1, x.shape[-1]))
+            return y.view_as(x), h.view_as(x)
+        h = residual + x
+        return self(h), h
 
 
 class RotaryEmbedding(nn.Module):
@@ -135,6 +147,6 @@ class MLP(nn.Module):
         self.gelu = c.hidden_act == "gelu_pytorch_tanh"
 
     def forward(self, x):
-        g = self.gate_proj(x)
+        g, u = fused_linear(x, self.gate_proj, self.up_proj)  # one matmul when fused (fused.py)
         g = F.gelu(g, approximate="tanh") if self.gelu else F.silu(g)
-        return self.down_proj(g * self.up_proj(x))
+        return self.down_proj(g * u)

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from .config import SLIDING, ModelConfig
+from .fused import fused_linear
 from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, causal_attention, rotate_half  # noqa: F401 (re-exported)
 from .mla import MLAttention
 from .moe import MoE
@@ -46,12 +47,16 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, attn=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)  # one matmul when fused (fused.py)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if attn is not None and attn.fused_rope:  # the engine on GPU: one kernel for q and k
+            q, k = attn.rope(q, k)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if attn is None:
             y = causal_attention(q, k, v, self.scale, self.softcap, self.window)
         else:
@@ -73,12 +78,17 @@ class DecoderLayer(nn.Module):
             self.post_feedforward_layernorm = norm()
         self.sandwich = c.sandwich_norms
 
-    def forward(self, x, cos, sin, attn=None):
+    def forward(self, x, cos, sin, attn=None, residual=None):
+        """The residual stream is residual + x (x alone when residual is None). -> (delta,
+        stream): the layer's output is stream + delta, added by the next norm, so each
+        add + RMSNorm pair is one fused kernel on GPU (`RMSNorm.add_forward`)."""
+        h, x = self.input_layernorm.add_forward(x, residual)
         if self.sandwich:
-            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, attn))
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+            a = self.post_attention_layernorm(self.self_attn(h, cos, sin, attn))
+            h, x = self.pre_feedforward_layernorm.add_forward(a, x)
+            return self.post_feedforward_layernorm(self.mlp(h)), x
+        h, x = self.post_attention_layernorm.add_forward(self.self_attn(h, cos, sin, attn), x)
+        return self.mlp(h), x
 
 
 class Decoder(nn.Module):
@@ -102,12 +112,13 @@ class Decoder(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         rope_dtype = torch.float32 if self.config.kv_lora_rank else x.dtype  # MLA rotates in fp32, like HF
         cos, sin = self.rotary_emb(positions, rope_dtype)
+        residual = None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, attn, use_reentrant=False)
+                x, residual = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, attn, residual, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, attn)
-        return self.norm(x)
+                x, residual = layer(x, cos, sin, attn, residual)
+        return self.norm.add_forward(x, residual)[0]
 
 
 class CausalLM(nn.Module):
