@@ -66,21 +66,23 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
                                k.stride(0), v.stride(0), ROW, BLOCK=BLOCK, num_warps=4)
 
 
-def store_kv_ref(k, v, k_cache, v_cache, slot_mapping):
-    """The readable twin: flatten (block, offset) into one slot axis and index_put."""
+def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False):
+    """The readable twin: flatten (block, offset) into one slot axis and index_put.
+    `all_valid`: the caller knows no slot is negative (eager engine steps): no masking."""
     _check(k, v, k_cache, v_cache, slot_mapping)
-    keep = slot_mapping >= 0  # (N,)
-    slots = slot_mapping[keep]
-    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)  # (slots, Hkv, D)
-    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+    if not all_valid:
+        keep = slot_mapping >= 0  # (N,)
+        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping.long(), k.to(k_cache.dtype))  # (slots, Hkv, D)
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping.long(), v.to(v_cache.dtype))
 
 
-def store_kv(k, v, k_cache, v_cache, slot_mapping):
+def store_kv(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False):
     """Write k, v (N, Hkv, D) into the paged caches at slot_mapping (negative: skip). In place."""
     if use_triton(k):
         store_kv_triton(k, v, k_cache, v_cache, slot_mapping)
     else:
-        store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
+        store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid)
 
 
 if __name__ == "__main__":

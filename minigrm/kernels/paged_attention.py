@@ -46,13 +46,13 @@ def _dot(a, b, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr):
 
 @triton.jit
 def _split_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr,
+    q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, start_ptr, o_ptr, lse_ptr,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
     scale, softcap, window, num_splits,
     G: tl.constexpr, D: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_WINDOW: tl.constexpr, WRITE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, WRITE_LSE: tl.constexpr, HAS_START: tl.constexpr, PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     b, kvh, split = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
@@ -60,6 +60,8 @@ def _split_kernel(
     lo = 0  # first visible key
     if HAS_WINDOW:
         lo = tl.maximum(length - window, 0)
+    if HAS_START:  # cascade: the keys before start[b] are the group's shared prefix, done apart
+        lo = tl.maximum(lo, tl.load(start_ptr + b))
     chunk = tl.cdiv(tl.cdiv(length - lo, num_splits), BLOCK_N) * BLOCK_N  # whole tiles per split
     start = lo + split * chunk
     end = tl.minimum(start + chunk, length)  # start >= end: an empty split, writes lse = -inf
@@ -116,6 +118,7 @@ def _merge_kernel(
     o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_s[:, None] * stride_os
                 + offs_d[None, :], mask=(offs_s < num_splits)[:, None] & (offs_d < D)[None, :],
                 other=0.0)  # (BLOCK_S, BLOCK_D) fp32
+    o = tl.where((w > 0)[:, None], o, 0.0)  # a partial of weight 0 may be unwritten memory (cascade)
     out = tl.sum(o * w[:, None], axis=0) / tl.sum(w, axis=0)
     tl.store(out_ptr + b * stride_outb + h * stride_outh + offs_d,
              out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
@@ -155,42 +158,74 @@ def _check(q, k_cache, v_cache, block_tables, context_lens):
     return B, H, D, page, Hkv
 
 
-def paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale,
-                                  softcap=None, window=None, num_splits=None):
+def _kernel_checks(q, k_cache, v_cache, block_tables, context_lens):
     B, H, D, page, Hkv = _check(q, k_cache, v_cache, block_tables, context_lens)
     if D > 256 or page & (page - 1):
         raise ValueError(f"paged attention kernel: needs head_dim <= 256 (got {D}) and a "
                          f"power-of-two block_size (got {page})")
     if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("paged attention kernel: q and caches need contiguous head_dim")
-    G = H // Hkv
+    return B, H, D, page, Hkv
+
+
+def _tiles(D):
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_N = 64 if BLOCK_D <= 128 else 32  # K and V tiles of 8-16 KB in bf16
-    max_tokens = block_tables.shape[1] * page
-    S = num_splits or _auto_splits(q, B, Hkv, max_tokens, BLOCK_N)
-    out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)  # (B, H, D)
-    if S == 1:  # the split kernel normalises and writes `out` itself
-        o, lse, so, sl = out, out, (out.stride(0), out.stride(1), 0), (0, 0)
-    else:
-        o = torch.empty(B, H, S, D, dtype=torch.float32, device=q.device)  # per-split outputs
-        lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device)  # their log2-sum-exp2
-        so, sl = (o.stride(0), o.stride(1), o.stride(2)), (lse.stride(0), lse.stride(1))
-    lens = context_lens.contiguous()
+    return BLOCK_D, 64 if BLOCK_D <= 128 else 32  # K and V tiles of 8-16 KB in bf16
+
+
+def launch_splits(q, k_cache, v_cache, block_tables, context_lens, scale, softcap, window, S, o, lse, start=None):
+    """The split kernel writing S partial (output, log2-sum-exp2) pairs per row and head into
+    o (B, H, >=S, D) fp32 and lse (B, H, >=S) fp32 (splits 0..S-1), keys from start[b] on
+    when given (cascade.py's private suffixes). Merge them with `merge_splits`."""
+    B, H, D, page, Hkv = q.shape[0], q.shape[1], q.shape[2], k_cache.shape[1], k_cache.shape[2]
+    BLOCK_D, BLOCK_N = _tiles(D)
     _split_kernel[(B, Hkv, S)](
-        q, k_cache, v_cache, block_tables, lens, o, lse,
+        q, k_cache, v_cache, block_tables, context_lens, start if start is not None else context_lens, o, lse,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        block_tables.stride(0), *so, *sl,
+        block_tables.stride(0), o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
         float(scale), float(softcap or 1.0), int(window or 0), S,
-        G=G, D=D, PAGE=page, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_D=BLOCK_D,
+        G=H // Hkv, D=D, PAGE=page, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)), BLOCK_D=BLOCK_D,
         BLOCK_N=BLOCK_N, HAS_SOFTCAP=softcap is not None, HAS_WINDOW=window is not None,
-        WRITE_LSE=S > 1, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        WRITE_LSE=True, HAS_START=start is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and q.dtype != torch.float32,
         num_warps=4 if BLOCK_D <= 128 else 8,
     )
-    if S > 1:
-        _merge_kernel[(B, H)](o, lse, out, *so, *sl, out.stride(0), out.stride(1), S,
-                              D=D, BLOCK_S=triton.next_power_of_2(S), BLOCK_D=BLOCK_D,
-                              num_warps=4)
+
+
+def merge_splits(o, lse, out, num_splits: int):
+    """out (B, H, D) = the log-sum-exp merge of the first num_splits partials of o / lse."""
+    B, H, D = out.shape
+    BLOCK_D = max(16, triton.next_power_of_2(D))
+    _merge_kernel[(B, H)](o, lse, out, o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
+                          out.stride(0), out.stride(1), num_splits,
+                          D=D, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=BLOCK_D, num_warps=4)
+
+
+def paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale,
+                                  softcap=None, window=None, num_splits=None):
+    B, H, D, page, Hkv = _kernel_checks(q, k_cache, v_cache, block_tables, context_lens)
+    BLOCK_D, BLOCK_N = _tiles(D)
+    max_tokens = block_tables.shape[1] * page
+    S = num_splits or _auto_splits(q, B, Hkv, max_tokens, BLOCK_N)
+    out = torch.empty(B, H, D, dtype=q.dtype, device=q.device)  # (B, H, D)
+    lens = context_lens.contiguous()
+    if S == 1:  # the split kernel normalises and writes `out` itself
+        _split_kernel[(B, Hkv, 1)](
+            q, k_cache, v_cache, block_tables, lens, lens, out, out,
+            q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
+            block_tables.stride(0), out.stride(0), out.stride(1), 0, 0, 0,
+            float(scale), float(softcap or 1.0), int(window or 0), 1,
+            G=H // Hkv, D=D, PAGE=page, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)), BLOCK_D=BLOCK_D,
+            BLOCK_N=BLOCK_N, HAS_SOFTCAP=softcap is not None, HAS_WINDOW=window is not None,
+            WRITE_LSE=False, HAS_START=False, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and q.dtype != torch.float32,
+            num_warps=4 if BLOCK_D <= 128 else 8,
+        )
+        return out
+    o = torch.empty(B, H, S, D, dtype=torch.float32, device=q.device)  # per-split outputs
+    lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device)  # their log2-sum-exp2
+    launch_splits(q, k_cache, v_cache, block_tables, lens, scale, softcap, window, S, o, lse)
+    merge_splits(o, lse, out, S)
     return out
 
 
@@ -211,9 +246,9 @@ def paged_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, 
     B, H, D, page, Hkv = _check(q, k_cache, v_cache, block_tables, context_lens)
     lens = context_lens.long()
     n_blocks = -(-int(lens.max()) // page)
-    blocks = block_tables[:, :n_blocks].long().clamp(0, k_cache.shape[0] - 1)  # unused entries: any block
-    k = k_cache[blocks].flatten(1, 2).transpose(1, 2)  # (B, Hkv, L, D), L = n_blocks * page
-    v = v_cache[blocks].flatten(1, 2).transpose(1, 2)
+    blocks = block_tables[:, :n_blocks].reshape(-1).long().clamp(0, k_cache.shape[0] - 1)  # unused: any block
+    k = k_cache.index_select(0, blocks).view(B, -1, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D), L = n_blocks * page
+    v = v_cache.index_select(0, blocks).view(B, -1, Hkv, D).transpose(1, 2)
     j = torch.arange(k.shape[2], device=q.device)[None, :]  # key positions
     valid = j < lens[:, None]  # (B, L); the query sits at p = len - 1
     if window is not None:

@@ -261,7 +261,9 @@ def uniform(seeds, steps, V, rows=None, cols=None):
         _vocab_hash[V, seeds.device] = _fmix32_ref(torch.arange(V, device=seeds.device, dtype=torch.int64))
     vh = _vocab_hash[V, seeds.device]
     x = _fmix32_ref(key[:, None] ^ vh[None, :] if rows is None else key[rows] ^ vh[cols])
-    return ((x >> 9) * 2 + 1).float() * 2.0**-24
+    x >>= 8  # ((x >> 9) * 2 + 1) == (x >> 8) | 1: the kernel's integer, in two in-place ops
+    x |= 1
+    return x.float().mul_(2.0**-24)
 
 
 # Gumbel noise -log(-log u) for u in [2**-24, 1 - 2**-24] lies in [G_LO, G_HI]: a token whose
@@ -270,10 +272,13 @@ G_LO, G_HI = -math.log(-math.log(2.0**-24)), -math.log(-math.log(1 - 2.0**-24))
 
 
 def _gumbel_argmax(z, T, tau, seeds, steps):
-    """argmax over {z >= tau} of z / T + g, drawing noise only for tokens that can win."""
+    """argmax over {z >= tau} of z / T + g, drawing noise only for tokens that can win (or for
+    all, without gathers, when most can: flat distributions)."""
     B, V = z.shape
-    score = torch.where(z >= tau, z / T, -torch.inf)  # (B, V)
-    contenders = score >= score.max(-1, keepdim=True).values - (G_HI - G_LO)
+    score = z / T if tau is None else torch.where(z >= tau, z / T, -torch.inf)  # (B, V)
+    contenders = score >= score.amax(-1, keepdim=True) - (G_HI - G_LO)
+    if 2 * int(contenders.sum()) > B * V:  # dense: the same noise, one in-place pass each
+        return score.sub_(uniform(seeds, steps, V).log_().neg_().log_()).argmax(-1)
     rows, cols = contenders.nonzero(as_tuple=True)
     noisy = torch.full_like(score, -torch.inf)
     noisy[rows, cols] = score[rows, cols] - torch.log(-torch.log(uniform(seeds, steps, V, rows, cols)))
@@ -287,12 +292,12 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
         z = softcap * torch.tanh(z / softcap)
     B, V = z.shape
     greedy = temperature <= 0
-    logprobs_all = torch.log_softmax(z, dim=-1)
+    lse = torch.logsumexp(z, dim=-1)  # logprob = z[token] - lse: log_softmax without a (B, V) copy
     if bool(greedy.all()):  # nothing to draw
         tokens = z.argmax(-1)
-        return tokens, logprobs_all.gather(1, tokens[:, None])[:, 0]
+        return tokens, z.gather(1, tokens[:, None])[:, 0] - lse
     T = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]  # (B, 1)
-    tau = torch.full((B, 1), -torch.inf, device=z.device)  # keep every token ...
+    tau = None  # keep every token ...
     if bool(((top_k > 0) & (top_k < V)).any() or (top_p < 1).any()):  # ... unless truncating
         zs, _ = z.sort(dim=-1, descending=True)  # (B, V)
         k = torch.where((top_k <= 0) | (top_k >= V), V, top_k).long()
@@ -302,8 +307,9 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
         target = top_p[:, None] * cum[:, -1:]  # top-p of the renormalised top-k set
         first = (cum < target).sum(-1, keepdim=True).clamp(max=V - 1)  # first index with cum >= target
         tau = torch.where(top_p[:, None] < 1, torch.maximum(tau, zs.gather(1, first)), tau)
-    tokens = torch.where(greedy, z.argmax(-1), _gumbel_argmax(z, T, tau, seeds, steps))
-    return tokens, logprobs_all.gather(1, tokens[:, None])[:, 0]
+    drawn = _gumbel_argmax(z, T, tau, seeds, steps)
+    tokens = torch.where(greedy, z.argmax(-1), drawn) if bool(greedy.any()) else drawn
+    return tokens, z.gather(1, tokens[:, None])[:, 0] - lse
 
 
 def sample(logits, temperature, top_k, top_p, seeds, steps, softcap=None, block_v=4096):
