@@ -2,109 +2,202 @@
 
 The k judgments sampled for one query share the prompt's KV blocks (prefix sharing). Plain
 paged decode attention still reads those blocks k times, once per sequence. Cascade attention
-splits each sequence's keys into the group's shared prefix and its private suffix:
+splits each sequence's keys into its group's shared prefix and its private suffix:
 
-    prefix:  all n*H queries of the group stacked against the prefix K/V, read once
+    prefix:  all rows x G query heads of a group stacked against the prefix K/V, read once
     suffix:  each sequence against its own remaining blocks
     merge:   o = (o_p * e^(lse_p - m) + o_s * e^(lse_s - m)) / (e^(lse_p - m) + e^(lse_s - m))
 
-which is exact (softmax over a union of key sets, recombined by log-sum-exp). This is the torch
-path used on CPU, where the gathered K/V copies dominate a decode step; its slow twin is
-`kernels.paged_attention.paged_decode_attention_ref` (tests/test_cascade.py). On GPU the Triton
-paged kernel runs instead (a fused cascade kernel is future work).
+which is exact (softmax over a union of key sets, recombined by log-sum-exp).
+
+`CascadeGroups` describes the groups of one decode batch; it only changes when rows come or
+go, so the runner rebuilds it then, not every step (`build_groups`). Here is the torch path
+(the CPU path): every group at once, padded to the longest prefix and the largest group, no
+Python loop over groups. On CUDA `cascade_decode_attention` runs the Triton kernels of
+kernels/cascade_attention.py with the same groups. Both are pinned to the plain paged
+attention reference (`kernels.paged_attention.paged_decode_attention_ref`) by
+tests/test_cascade.py.
 """
+from dataclasses import dataclass
+
 import torch
+
+from .kernels import use_triton
 
 NEG_INF = float("-inf")
 
 
-def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1):
+@dataclass
+class CascadeGroups:
+    rows: torch.Tensor  # (NG, MAXR) int32 decode rows of each group, -1 = padding
+    prefix_blocks: torch.Tensor  # (NG, NB) int32 physical blocks of each group's prefix, 0-padded
+    prefix_len: torch.Tensor  # (NG,) int32 prefix tokens (a multiple of the block size; 0 = empty group)
+    start: torch.Tensor  # (B,) int32 each row's first private position (0 outside groups)
+    members: torch.Tensor  # (M,) int64 flat indices into rows.view(-1) that hold a row
+    member_rows: torch.Tensor  # (M,) int64 rows.view(-1)[members]
+    start_blocks: list[int] | None = None  # host: start // block_size per row
+    suffix_blocks: int = 0  # host: max blocks of any row's suffix (the runner updates it as rows grow)
+
+
+def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1,
+                  max_rows: int | None = None, singletons: bool = False):
     """Group decode rows by shared leading blocks. -> [(rows, n_shared_blocks)] for groups
-    of >= 2 rows that share >= min_blocks blocks, and each row's first private position."""
+    of >= 2 rows that share >= min_blocks blocks (split into chunks of <= max_rows rows),
+    and each row's first private position. O(rows) list work plus a slice compare per row.
+    `singletons` (the torch path, once some group exists): every other row with a full block
+    is a group of one over its own full blocks, so no row leaves a long suffix, whose width
+    every row of the padded torch suffix would pay."""
     by_first: dict[int, list[int]] = {}
     for r, t in enumerate(block_tables):
         by_first.setdefault(t[0], []).append(r)
-    groups, start = [], [0] * len(block_tables)
+    groups, start, alone = [], [0] * len(block_tables), []
     for rows in by_first.values():
         if len(rows) < 2:
+            alone += rows
             continue
         n = min((lens[r] - 1) // block_size for r in rows)  # never share the block a query sits in
         first = block_tables[rows[0]]
         for r in rows[1:]:
             t = block_tables[r]
-            n = next((i for i in range(n) if t[i] != first[i]), n)
+            if t[:n] != first[:n]:  # rare: bisect the common prefix
+                lo, hi = 0, n  # t[:lo] == first[:lo], t[:hi] != first[:hi]
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if t[:mid] == first[:mid] else (lo, mid)
+                n = lo
         if n >= max(min_blocks, 1):
-            groups.append((rows, n))
+            step = max_rows or len(rows)
+            groups += [(rows[i:i + step], n) for i in range(0, len(rows), step)]
             for r in rows:
+                start[r] = n * block_size
+        else:
+            alone += rows
+    if singletons and groups:
+        for r in alone:
+            n = (lens[r] - 1) // block_size
+            if n:
+                groups.append(([r], n))
                 start[r] = n * block_size
     return groups, start
 
 
-def _softmax_parts(s, valid):
-    """Masked scores (..., L) -> (probabilities, log-sum-exp); lse = -inf where nothing is valid."""
-    s = s.masked_fill(~valid, NEG_INF)
-    lse = torch.logsumexp(s, dim=-1)
-    return torch.exp(s - lse.clamp_min(-1e30)[..., None]), lse
+def build_groups(block_tables, lens, block_size, min_blocks, device, max_rows=None,
+                 singletons=False) -> CascadeGroups | None:
+    """`decode_groups` as tensors, or None when no group shares min_blocks blocks."""
+    groups, start = decode_groups(block_tables, lens, block_size, min_blocks, max_rows, singletons)
+    if not groups:
+        return None
+    maxr, nb = max(len(r) for r, _ in groups), max(n for _, n in groups)
+    rows = [r + [-1] * (maxr - len(r)) for r, _ in groups]
+    blocks = [block_tables[r[0]][:n] + [0] * (nb - n) for r, n in groups]
+    flat = [i for i, r in enumerate(sum(rows, [])) if r >= 0]
+    t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt).to(device, non_blocking=True)  # noqa: E731
+    rows_t = t(rows)
+    members = t(flat, torch.int64)
+    start_blocks = [x // block_size for x in start]
+    suffix = max(-(-n // block_size) - s for n, s in zip(lens, start_blocks))
+    return CascadeGroups(rows_t, t(blocks), t([n * block_size for _, n in groups]), t(start), members,
+                         rows_t.view(-1)[members].long(), start_blocks, suffix)
+
+
+def _gather(cache, blocks):
+    """cache[blocks] for an index tensor of any shape (index_select: several times faster on CPU)."""
+    return cache.index_select(0, blocks.reshape(-1)).view(*blocks.shape, *cache.shape[1:])
+
+
+def _attend(s, v, valid=None):
+    """softmax(s) @ v and log-sum-exp from scores s (..., Lq, L) (consumed), v (..., L, D);
+    `valid` masks keys (broadcast to s). lse = -inf and output 0 where no key is valid."""
+    if valid is not None:
+        s.masked_fill_(~valid, NEG_INF)
+    m = s.amax(-1, keepdim=True).clamp_min_(-1e30)  # finite: exp(-inf - m) = 0, never nan
+    p = s.sub_(m).exp_()
+    l = p.sum(-1, keepdim=True)  # noqa: E741
+    o = (p @ v) / l.clamp_min(1e-30)
+    return o, (m + l.log())[..., 0]
 
 
 def _capped(s, softcap):
     return s if softcap is None else softcap * torch.tanh(s / softcap)
 
 
-def _suffix(q, k, v, positions, query_pos, scale, softcap, window):
-    """Each row against its own keys. q (R, Hkv, G, D); k, v (R, L, Hkv, D); positions (R, L)
-    absolute, -1 = padding. -> (out (R, Hkv, G, D) fp32, lse (R, Hkv, G))."""
-    s = _capped(torch.einsum("rkgd,rlkd->rkgl", q, k.float()) * scale, softcap)
-    valid = (positions >= 0) & (positions <= query_pos[:, None])  # (R, L)
+def _suffix(q, k_cache, v_cache, block_tables, lens, start, n_blocks, softcap, window):
+    """Each row against its own keys from `start` on, over n_blocks blocks (>= any row's
+    suffix: a host int, no sync). q (B, Hkv, G, D) fp32, pre-scaled.
+    -> (out (B, Hkv, G, D) fp32, lse (B, Hkv, G))."""
+    page, W = k_cache.shape[1], block_tables.shape[1]
+    first_block = start // page
+    idx = first_block[:, None] + torch.arange(n_blocks, device=q.device)  # (B, n_blocks) logical blocks
+    blocks = block_tables.gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
+    positions = (idx[:, :, None] * page + torch.arange(page, device=q.device)).flatten(1)  # (B, L) absolute
+    k = _gather(k_cache, blocks).flatten(1, 2).float().permute(0, 2, 3, 1)  # (B, Hkv, D, L)
+    v = _gather(v_cache, blocks).flatten(1, 2).float().transpose(1, 2)  # (B, Hkv, L, D)
+    s = _capped(q @ k, softcap)  # (B, Hkv, G, L)
+    query_pos = lens - 1
+    valid = (positions >= start[:, None]) & (positions <= query_pos[:, None])  # (B, L)
     if window is not None:
         valid &= positions > query_pos[:, None] - window
-    p, lse = _softmax_parts(s, valid[:, None, None, :])
-    return torch.einsum("rkgl,rlkd->rkgd", p, v.float()), lse
+    return _attend(s, v, valid[:, None, None, :])
 
 
-def _prefix(q, k, v, query_pos, scale, softcap, window):
-    """All rows of a group against one shared prefix, read once. q (R, Hkv, G, D);
-    k, v (Lp, Hkv, D) at positions 0..Lp-1. -> (out (R, Hkv, G, D), lse (R, Hkv, G))."""
-    R, Hkv, G, D = q.shape
-    qs = q.permute(1, 0, 2, 3).reshape(Hkv, R * G, D)  # the group's queries stacked per KV head
-    s = _capped(qs @ k.float().permute(1, 2, 0) * scale, softcap)  # (Hkv, R*G, Lp)
-    valid = torch.ones(R, k.shape[0], dtype=torch.bool, device=q.device)  # prefix < every query
+def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, window):
+    """Every group's rows stacked against its shared prefix, read once per group.
+    q (B, Hkv, G, D) fp32, pre-scaled -> (out (B, Hkv, G, D), lse (B, Hkv, G)); lse = -inf
+    outside groups."""
+    B, Hkv, G, D = q.shape
+    NG, MAXR = groups.rows.shape
+    rows = groups.rows.long().clamp_min(0)  # (NG, MAXR); padding reads row 0, dropped below
+    k = _gather(k_cache, groups.prefix_blocks).flatten(1, 2).float()  # (NG, Lp, Hkv, D)
+    v = _gather(v_cache, groups.prefix_blocks).flatten(1, 2).float().transpose(1, 2)  # (NG, Hkv, Lp, D)
+    Lp = k.shape[1]
+    qs = q[rows].permute(0, 2, 1, 3, 4).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
+    s = _capped(qs @ k.permute(0, 2, 3, 1), softcap)  # (NG, Hkv, MAXR*G, Lp)
+    valid = None
+    j = torch.arange(Lp, device=q.device)
+    if NG > 1 and Lp * NG != int(groups.prefix_len.sum()):  # prefixes of different lengths: mask the padding
+        valid = (j[None, :] < groups.prefix_len[:, None])[:, None, None, :]  # (NG, 1, 1, Lp)
     if window is not None:
-        valid = torch.arange(k.shape[0], device=q.device)[None, :] > query_pos[:, None] - window
-    p, lse = _softmax_parts(s, valid.repeat_interleave(G, dim=0)[None])
-    out = (p @ v.float().transpose(0, 1)).view(Hkv, R, G, D).permute(1, 0, 2, 3)
-    return out, lse.view(Hkv, R, G).permute(1, 0, 2)
+        w = (j[None, None, :] > query_pos[rows][:, :, None] - window)  # (NG, MAXR, Lp)
+        w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
+        valid = w if valid is None else valid & w
+    o, lse = _attend(s, v, valid)
+    o = o.view(NG, Hkv, MAXR, G, D).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, D)
+    lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
+    out = q.new_zeros(B, Hkv, G, D)
+    out_lse = q.new_full((B, Hkv, G), NEG_INF)
+    out[groups.member_rows] = o[groups.members]
+    out_lse[groups.member_rows] = lse[groups.members]
+    return out, out_lse
 
 
-def cascade_decode_attention(q, k_cache, v_cache, block_tables, context_lens, groups, start,
-                             scale, softcap=None, window=None):
-    """q (B, H, D); block_tables (B, max_blocks); context_lens (B,); groups/start from
-    `decode_groups`. -> (B, H, D), equal to paged decode attention."""
+def merge(o1, lse1, o2, lse2):
+    """Attention over the union of two key sets from each part's (output, log-sum-exp)."""
+    m = torch.maximum(lse1, lse2).clamp_min(-1e30)
+    w1, w2 = torch.exp(lse1 - m), torch.exp(lse2 - m)
+    return (o1 * w1[..., None] + o2 * w2[..., None]) / (w1 + w2)[..., None]
+
+
+def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
+                                 scale, softcap=None, window=None):
+    """q (B, H, D); block_tables (B, max_blocks); context_lens (B,); groups.suffix_blocks >=
+    every row's blocks past its start. -> (B, H, D), equal to paged decode attention. Torch,
+    no loop over groups."""
     B, H, D = q.shape
-    page, Hkv = k_cache.shape[1], k_cache.shape[2]
-    qg = q.float().view(B, Hkv, H // Hkv, D)
+    Hkv = k_cache.shape[2]
+    qg = (q.float() * scale).view(B, Hkv, H // Hkv, D)  # scores come out scaled
     lens = context_lens.long()
-    query_pos = lens - 1
-    start = torch.tensor(start, device=q.device)
+    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups.suffix_blocks,
+                         softcap, window)
+    o_p, lse_p = _prefixes(qg, k_cache, v_cache, groups, lens - 1, softcap, window)
+    return merge(o_p, lse_p, o_s, lse_s).reshape(B, H, D).to(q.dtype)
 
-    # suffix: each row's blocks from its first private block on
-    first_block = start // page
-    n_blocks = int((-(-lens // page) - first_block).max())
-    idx = first_block[:, None] + torch.arange(n_blocks, device=q.device)  # (B, n_blocks)
-    blocks = block_tables.long().gather(1, idx.clamp(max=block_tables.shape[1] - 1)).clamp(0, k_cache.shape[0] - 1)
-    positions = (idx[:, :, None] * page + torch.arange(page, device=q.device)).flatten(1)  # (B, L)
-    positions = positions.masked_fill(positions >= lens[:, None], -1)
-    out, lse = _suffix(qg, k_cache[blocks].flatten(1, 2), v_cache[blocks].flatten(1, 2), positions,
-                       query_pos, scale, softcap, window)
 
-    # shared prefixes: one read per group, merged into the suffix results by log-sum-exp
-    for rows, n in groups:
-        rows_t = torch.tensor(rows, device=q.device)
-        pre = block_tables[rows[0], :n].long()
-        k, v = k_cache[pre].flatten(0, 1), v_cache[pre].flatten(0, 1)  # (Lp, Hkv, D)
-        o_p, lse_p = _prefix(qg[rows_t], k, v, query_pos[rows_t], scale, softcap, window)
-        o_s, lse_s = out[rows_t], lse[rows_t]
-        m = torch.maximum(lse_p, lse_s).clamp_min(-1e30)
-        w_p, w_s = torch.exp(lse_p - m), torch.exp(lse_s - m)
-        out[rows_t] = (o_p * w_p[..., None] + o_s * w_s[..., None]) / (w_p + w_s)[..., None]
-    return out.reshape(B, H, D).to(q.dtype)
+def cascade_decode_attention(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
+                             scale, softcap=None, window=None):
+    """Shared-prefix decode attention: Triton kernels on CUDA, the torch path otherwise."""
+    if use_triton(q):
+        from .kernels.cascade_attention import cascade_decode_attention_triton
+        return cascade_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, groups,
+                                               scale, softcap, window)
+    return cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups,
+                                        scale, softcap, window)

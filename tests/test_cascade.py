@@ -2,43 +2,64 @@
 import pytest
 import torch
 
-from minigrm.cascade import cascade_decode_attention, decode_groups
+from minigrm.cascade import build_groups, cascade_decode_attention, decode_groups
 from minigrm.kernels.paged_attention import paged_decode_attention_ref
 
 
 def shared_tables(rng, groups, page, prefix_blocks, max_extra):
-    """Block tables where each group's rows share `prefix_blocks` leading blocks."""
+    """Block tables where each group's rows share `prefix_blocks` leading blocks (an int, or
+    one per group)."""
     tables, lens, nxt = [], [], 0
-    for size in groups:
-        prefix = list(range(nxt, nxt + prefix_blocks))
-        nxt += prefix_blocks
+    for gi, size in enumerate(groups):
+        n_pre = prefix_blocks if isinstance(prefix_blocks, int) else prefix_blocks[gi]
+        prefix = list(range(nxt, nxt + n_pre))
+        nxt += n_pre
         for _ in range(size):
             extra = int(torch.randint(1, max_extra + 1, (1,), generator=rng))
             own = list(range(nxt, nxt + extra))
             nxt += extra
             tables.append(prefix + own)
-            lens.append(prefix_blocks * page + (extra - 1) * page + int(torch.randint(1, page + 1, (1,), generator=rng)))
+            lens.append(n_pre * page + (extra - 1) * page + int(torch.randint(1, page + 1, (1,), generator=rng)))
     width = max(len(t) for t in tables)
     perm = torch.randperm(nxt, generator=rng).tolist()  # physical blocks in no particular order
     tables = [[perm[b] for b in t] + [-1] * (width - len(t)) for t in tables]
     return tables, lens, nxt
 
 
+def cascade_case(Hkv, G, D, groups=(3, 1, 4), prefix_blocks=5, seed=0, page=4, dtype=torch.float32):
+    rng = torch.Generator().manual_seed(seed)
+    tables, lens, n_blocks = shared_tables(rng, list(groups), page, prefix_blocks, max_extra=3)
+    k_cache = torch.randn(n_blocks, page, Hkv, D, generator=rng).to(dtype)
+    v_cache = torch.randn(n_blocks, page, Hkv, D, generator=rng).to(dtype)
+    q = torch.randn(len(lens), Hkv * G, D, generator=rng).to(dtype)
+    t, ln = torch.tensor(tables, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32)
+    return q, k_cache, v_cache, t, ln, tables, lens
+
+
 @pytest.mark.parametrize("Hkv,G,D", [(2, 1, 16), (1, 8, 32), (3, 3, 64)])
 @pytest.mark.parametrize("softcap,window", [(None, None), (5.0, None), (None, 20), (5.0, 9)])
 def test_cascade_equals_paged_attention(Hkv, G, D, softcap, window):
-    rng = torch.Generator().manual_seed(Hkv * 100 + G)
     page = 4
-    tables, lens, n_blocks = shared_tables(rng, groups=[3, 1, 4], page=page, prefix_blocks=5, max_extra=3)
-    k_cache = torch.randn(n_blocks, page, Hkv, D, generator=rng)
-    v_cache = torch.randn(n_blocks, page, Hkv, D, generator=rng)
-    q = torch.randn(len(lens), Hkv * G, D, generator=rng)
-    groups, start = decode_groups(tables, lens, page)
-    assert sorted(len(rows) for rows, _ in groups) == [3, 4] and all(n == 5 for _, n in groups)
-    t, ln = torch.tensor(tables, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32)
+    q, k_cache, v_cache, t, ln, tables, lens = cascade_case(Hkv, G, D, seed=Hkv * 100 + G)
+    groups = build_groups(tables, lens, page, 1, "cpu")
+    assert groups.rows.shape == (2, 4) and groups.prefix_len.tolist() == [20, 20]
     ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, softcap, window)
-    out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, start, D**-0.5, softcap, window)
+    out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, softcap, window)
     assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("window", [None, 11])
+def test_cascade_unequal_prefixes_and_split_groups(window):
+    """Groups with prefixes of different lengths (padded, masked), groups cut into chunks of
+    at most max_rows rows (as the GPU kernel's tile requires) and lone rows as groups of one
+    (the torch path) give the same attention."""
+    q, k_cache, v_cache, t, ln, tables, lens = cascade_case(2, 2, 16, groups=(5, 2, 3, 1), prefix_blocks=[6, 2, 4, 3])
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, 0.25, 3.0, window)
+    for max_rows, singletons in ((None, False), (2, False), (1, False), (None, True)):
+        groups = build_groups(tables, lens, 4, 1, "cpu", max_rows, singletons)
+        assert sorted(groups.prefix_len.tolist())[-1] == 24
+        out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, 0.25, 3.0, window)
+        assert (out - ref).abs().max() < 1e-5
 
 
 def test_groups_never_share_the_block_a_query_sits_in():
@@ -46,6 +67,9 @@ def test_groups_never_share_the_block_a_query_sits_in():
     groups, start = decode_groups(tables, lens=[9, 8], block_size=4)  # row 1 sits in block 8
     assert groups == [([0, 1], 1)] and start == [4, 4]
     assert decode_groups([[1, 2], [3, 4]], [5, 5], 4) == ([], [0, 0])
+    assert decode_groups([[1, 2], [3, 4]], [5, 5], 4, singletons=True) == ([], [0, 0])  # no group: no cascade
+    groups, start = decode_groups([[7, 8, 9], [7, 8, 5], [3, 4, 6]], [9, 8, 10], 4, singletons=True)
+    assert groups == [([0, 1], 1), ([2], 2)] and start == [4, 4, 8]
 
 
 def test_decode_groups_min_blocks():
@@ -55,3 +79,50 @@ def test_decode_groups_min_blocks():
     assert decode_groups(tables, lens, block_size=4, min_blocks=3)[0] == [([0, 1], 3)]
     groups, start = decode_groups(tables, lens, block_size=4, min_blocks=4)  # too short a prefix: no cascade
     assert groups == [] and start == [0, 0, 0]
+
+
+# --- the Triton kernels (interpreted on CPU) against the same reference ------------------------
+
+@pytest.mark.parametrize("Hkv,G,D,dtype,softcap,window", [
+    (2, 1, 16, torch.float32, None, None), (1, 4, 32, torch.float32, 5.0, 9), (2, 3, 24, torch.float32, None, 9),
+    (2, 2, 64, torch.bfloat16, 5.0, None)])
+def test_cascade_kernel_equals_paged_attention(triton_interpreter, Hkv, G, D, dtype, softcap, window):
+    from minigrm.kernels.cascade_attention import cascade_decode_attention_triton
+    q, k_cache, v_cache, t, ln, tables, lens = cascade_case(Hkv, G, D, groups=(5, 2, 3, 1), prefix_blocks=[6, 2, 4, 3],
+                                                            dtype=dtype)
+    t = t.clamp_min(0)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, 0.3, softcap, window)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for max_rows, splits, prefix_splits in ((None, 1, 1), (2, 2, 3)):
+        groups = build_groups(tables, lens, 4, 1, "cpu", max_rows)
+        out = cascade_decode_attention_triton(q, k_cache, v_cache, t, ln, groups, 0.3, softcap, window,
+                                              splits, prefix_splits)
+        assert out.dtype == dtype and (out.float() - ref.float()).abs().max() < tol
+
+
+def test_cascade_kernel_with_static_buffers(triton_interpreter):
+    """As a CUDA graph runs it: groups copied into larger buffers (unused groups empty, extra
+    padding columns), rows outside every group, start 0 for them."""
+    from minigrm.kernels.cascade_attention import cascade_decode_attention_triton
+    q, k_cache, v_cache, t, ln, tables, lens = cascade_case(2, 2, 16, groups=(4, 1, 3), prefix_blocks=[5, 2, 3])
+    t = t.clamp_min(0)
+    g = build_groups(tables, lens, 4, 3, "cpu", 3)  # the 2-block group is too short: its rows stay plain
+    NG, MAXR = g.rows.shape
+    rows = torch.full((8, 5), -1, dtype=torch.int32)
+    rows[:NG, :MAXR] = g.rows
+    blocks = torch.zeros(8, 12, dtype=torch.int32)
+    blocks[:NG, :g.prefix_blocks.shape[1]] = g.prefix_blocks
+    plen = torch.zeros(8, dtype=torch.int32)
+    plen[:NG] = g.prefix_len
+    static = type(g)(rows, blocks, plen, g.start, None, None)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, 0.3)
+    out = cascade_decode_attention_triton(q, k_cache, v_cache, t, ln, static, 0.3)
+    assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.fixture
+def triton_interpreter():
+    import os
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("needs TRITON_INTERPRET=1 set before triton is imported (conftest.py does)")
+    yield
