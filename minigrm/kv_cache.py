@@ -70,11 +70,13 @@ class BlockManager:
         revived = sum(1 for b in cached if self.ref_count[b] == 0)
         return -(-len(tokens) // self.block_size) - len(cached) + revived
 
-    def allocate(self, tokens: list[int]) -> tuple[list[int], int, tuple | None]:
+    def allocate(self, tokens: list[int], computed_end: int | None = None) -> tuple[list[int], int, tuple | None]:
         """Block table for a new sequence, how many of its tokens are already cached, and the
-        key of its last full block. Full blocks it will compute are registered now: sequences
-        admitted in the same step share them, since each layer stores every token's K/V before
-        any attention reads the cache."""
+        key of its last registered block. Full blocks it computes in this step (tokens before
+        `computed_end`, default all) are registered now: sequences admitted in the same step
+        share them, since each layer stores every token's K/V before any attention reads the
+        cache. Blocks of later prompt chunks are registered when computed (Scheduler.after_step)."""
+        end = len(tokens) if computed_end is None else computed_end
         table, key = [], None
         for block in self.cached_prefix(tokens):
             table.append(self._take(block))
@@ -83,7 +85,7 @@ class BlockManager:
         while len(table) * self.block_size < len(tokens):
             i = len(table)
             table.append(self._allocate_fresh())
-            if (i + 1) * self.block_size <= len(tokens):
+            if (i + 1) * self.block_size <= end:
                 key = self.register(table[i], key, tokens[i * self.block_size:(i + 1) * self.block_size])
         return table, num_cached, key
 

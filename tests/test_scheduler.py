@@ -78,6 +78,9 @@ def fake_step(sched: Scheduler, rng: random.Random):
     for seq in prefill + decode:
         assert seq.status == RUNNING
         assert len(seq.block_table) * sched.blocks.block_size >= len(seq)
+        if not seq.decoding:  # a prompt chunk that is not the last: nothing sampled
+            sched.after_step(seq)
+            continue
         seq.output_ids.append(rng.randrange(3))
         sched.after_step(seq)
         if len(seq.output_ids) >= seq.params.max_tokens or rng.random() < 0.05:
@@ -87,13 +90,42 @@ def fake_step(sched: Scheduler, rng: random.Random):
 
 def test_admission_respects_sequence_and_token_budgets():
     sched = Scheduler(BlockManager(100, 4), max_num_seqs=3, max_num_batched_tokens=25)
-    for i in range(6):
-        sched.add(make_seq(i, 10))
+    seqs = [make_seq(i, 10, vocab=1000) for i in range(6)]
+    for seq in seqs:
+        sched.add(seq)
     prefill, decode = sched.schedule()
-    assert len(prefill) == 2 and not decode  # 3 * 10 tokens > 25
+    # 3 * 10 tokens > 25: two whole prompts, the third chunked to the block boundary in the budget
+    assert prefill == seqs[:3] and not decode
+    assert [s.chunk_end for s in prefill] == [10, 10, 4] and [s.decoding for s in prefill] == [True, True, False]
+    for seq in prefill[:2]:
+        seq.output_ids.append(7)
+    for seq in prefill:
+        sched.after_step(seq)
+    assert seqs[2].num_computed == 4 and seqs[2].num_registered == 1
     prefill, decode = sched.schedule()
-    assert len(prefill) == 1 and len(decode) == 2  # the third fills the sequence budget
+    assert prefill == [seqs[2]] and decode == seqs[:2]  # its last chunk; the sequence budget is full
+    assert seqs[2].chunk_end == 10 and seqs[2].decoding
     assert len(sched.running) == 3 and len(sched.waiting) == 3
+
+
+def test_chunked_prompt_holds_admissions_so_siblings_share_it():
+    """While a prompt is mid-chunk nothing new is admitted: its k siblings come after its last
+    chunk and find every full block in the prefix cache."""
+    bm = BlockManager(100, 4)
+    sched = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=16)
+    prompt = list(range(100, 130))  # 30 tokens: 7 full blocks + 2
+    seqs = [Sequence(i, prompt, SamplingParams(max_tokens=4), seed=i) for i in range(3)]
+    for seq in seqs:
+        sched.add(seq)
+    rng, chunks = random.Random(0), []
+    while seqs[0].num_computed < 30:
+        prefill, _ = fake_step(sched, rng)
+        chunks.append([s.seq_id for s in prefill])
+    assert chunks == [[0], [0]]  # 16 + 14 tokens; the siblings wait
+    assert sched.num_cached_tokens == 0
+    prefill, _ = fake_step(sched, rng)
+    assert prefill == seqs[1:]
+    assert sched.num_cached_tokens == 2 * 28  # each sibling recomputes only the last, partial block
 
 
 def test_preemption_under_tiny_pool_and_no_leaks():
