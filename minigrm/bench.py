@@ -2,7 +2,8 @@
 
     python -m minigrm.bench                                    # SmolLM2-135M, CPU-sized workload
     python -m minigrm.bench --model random:qwen2.5-1.5b --device cuda --dtype bfloat16 \
-        --prompts 32 --k 8 --prompt-len 1536 --new-tokens 512 --cuda-graphs
+        --prompts 32 --k 8 --prompt-len 1536 --new-tokens 512
+    python -m minigrm.bench --overhead                         # ms per decode step, batch 256
 
 Workload (PERF.md): P queries x k samples each, prompts of a given length, a fixed number of
 new tokens (EOS ignored, so both engines produce exactly P * k * new tokens). The same weights
@@ -10,6 +11,10 @@ and prompts go to minigrm's Engine and to `transformers` `generate(num_return_se
 the script prints output tokens/s for both, their ratio and, on CUDA, the fraction of the
 memory-bandwidth roofline: per decode step the GPU must read the weights once and every
 sequence's KV once, so tokens/s <= batch * bandwidth / (W + sum_seq ctx * kv_bytes_per_token).
+
+`--overhead` times the engine itself: a 1-layer, hidden-32 model (compute negligible), P = 32
+prompts x k = 8 (batch 256), 512-token prompts, 64 new tokens; the median decode step is the
+engine's own work per step (bookkeeping, tensor building, op dispatch).
 """
 import argparse
 import tempfile
@@ -59,13 +64,18 @@ def roofline_tokens_per_s(config, n_params: int, dtype, batch: int, ctx: float, 
     return batch * bandwidth / step_bytes
 
 
+def make_engine(model, prompts, args) -> Engine:
+    kv = None if args.kv_cache_gb is None else int(args.kv_cache_gb * 2**30)
+    return Engine(model, None, max_num_seqs=max(len(prompts) * args.k, 1), cuda_graphs=False if args.no_cuda_graphs else None,
+                  cascade=not args.no_cascade, progress=False, kv_cache_bytes=kv)
+
+
 def run_minigrm(model, prompts, args) -> float:
-    engine = Engine(model, None, max_num_seqs=max(len(prompts) * args.k, 1), cuda_graphs=args.cuda_graphs,
-                    progress=False, kv_cache_bytes=args.kv_cache_gb * 2**30)
+    engine = make_engine(model, prompts, args)
     params = SamplingParams(n=args.k, temperature=args.temperature, max_tokens=args.new_tokens,
                             ignore_eos=True, seed=0)
     engine.generate([p[:8] for p in prompts[:1]], SamplingParams(n=2, max_tokens=4, ignore_eos=True))  # warm-up
-    engine.blocks.__init__(engine.blocks.num_blocks, engine.blocks.block_size)  # cold prefix cache
+    engine.reset_prefix_cache()  # cold prefix cache
     sync(model)
     t = time.perf_counter()
     outs = engine.generate(prompts, params)
@@ -89,6 +99,53 @@ def run_hf(hf, prompts, args) -> float:
     return time.perf_counter() - t
 
 
+OVERHEAD_MODEL = dict(model_type="llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+
+
+def decode_step_times(engine, prompts, params) -> list[float]:
+    """Run generate, timing every engine step; -> seconds of each step that prefilled nothing."""
+    times, step = [], engine.step
+
+    def timed():
+        before = engine.stats["prefill_tokens"]
+        t = time.perf_counter()
+        out = step()
+        sync(engine.model)
+        if engine.stats["prefill_tokens"] == before:
+            times.append(time.perf_counter() - t)
+        return out
+    engine.step = timed
+    try:
+        engine.generate(prompts, params)
+    finally:
+        del engine.step
+    return times
+
+
+def overhead(args) -> float:
+    """Median ms per decode step of a model whose compute is negligible (1 layer, hidden 32,
+    2 heads, vocab 128): what is left is the engine's own work per step, the time a GPU would
+    wait for the CPU. Prints each repeat's median; returns the median of them."""
+    from .fused import fuse_projections
+    from .model import CausalLM
+    torch.manual_seed(0)
+    model = fuse_projections(CausalLM(ModelConfig.from_dict(OVERHEAD_MODEL)).to(args.device).eval())
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, OVERHEAD_MODEL["vocab_size"], (args.prompts, args.prompt_len), generator=g).tolist()
+    engine = make_engine(model, prompts, args)
+    params = SamplingParams(n=args.k, temperature=args.temperature, max_tokens=args.new_tokens, ignore_eos=True, seed=0)
+    medians = []
+    for rep in range(args.repeats):
+        times = sorted(decode_step_times(engine, prompts, params))
+        medians.append(times[len(times) // 2] * 1e3)
+        print(f"repeat {rep}: {len(times)} decode steps at batch {args.prompts * args.k}, median {medians[-1]:.2f} ms")
+    best = sorted(medians)[len(medians) // 2]
+    print(f"engine overhead: {best:.2f} ms per decode step (median of {args.repeats} medians; "
+          f"{torch.get_num_threads()} threads, {args.device})")
+    return best
+
+
 def sync(model):
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
@@ -97,17 +154,27 @@ def sync(model):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2, random:<shape> (%s) or an HF folder" % ", ".join(SHAPES))
-    ap.add_argument("--prompts", type=int, default=4, help="P: distinct queries")
+    ap.add_argument("--prompts", type=int, default=None, help="P: distinct queries (default 4; --overhead: 32)")
     ap.add_argument("--k", type=int, default=8, help="samples per query")
     ap.add_argument("--prompt-len", type=int, default=512, help="tokens per prompt (the GRM template alone is ~550)")
-    ap.add_argument("--new-tokens", type=int, default=128, help="tokens generated per sample (EOS ignored)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="tokens generated per sample, EOS ignored "
+                    "(default 128; --overhead: 64)")
     ap.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (0 = greedy)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
-    ap.add_argument("--cuda-graphs", action="store_true", help="replay decode steps from CUDA graphs")
-    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache budget on CPU (GiB)")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="eager decode steps (graphs are on by default on CUDA)")
+    ap.add_argument("--no-cascade", action="store_true", help="plain paged attention for shared prefixes")
+    ap.add_argument("--kv-cache-gb", type=float, default=None,
+                    help="KV cache budget in GiB on any device (default: 2 on CPU, profiled on CUDA)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    ap.add_argument("--overhead", action="store_true", help="ms per decode step of a negligible model (engine work)")
+    ap.add_argument("--repeats", type=int, default=3, help="--overhead: generate calls to time")
     args = ap.parse_args(argv)
+    args.prompts = args.prompts or (32 if args.overhead else 4)
+    args.new_tokens = args.new_tokens or (64 if args.overhead else 128)
+    if args.overhead:
+        torch.set_grad_enabled(False)
+        return overhead(args)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     torch.set_grad_enabled(False)
 

@@ -1,18 +1,26 @@
-"""CUDA graphs for decode steps: capture the decoder once per batch-size bucket, replay it.
+"""CUDA graphs for the decode pass: captured once per batch-size bucket, replayed every step.
 
 A decode step of a 0.5B-2B model launches a few hundred small kernels whose launch overhead
-exceeds their run time; replaying a captured graph launches them all at once. Graphs need
-static shapes and addresses, so each bucket (1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to
-max_num_seqs) reads its inputs from fixed tensors: a step of b sequences copies its inputs
-into the first b rows, pads the rest of the bucket with a harmless dummy sequence (context
-length 1, K/V written nowhere: slot -1) and replays the smallest bucket >= b.
+exceeds their run time; replaying a captured graph launches them all at once. The captured
+body is the whole decode pass of `ModelRunner.decode`: inputs read from the persistent row
+state (decode_state.py), the decoder, the sampler and the state update, so a step is: write
+the row count, replay, copy the tokens back.
 
-The slow twin is the eager decode step (`ModelRunner.step` with `graphs=None`); a GPU test
-checks that both give the same tokens.
+Buckets are 1, 2, 4, 8, 16, 32, 48, ... max_num_seqs; a step of n rows replays the smallest
+bucket >= n. Rows [n, bucket) are padding: the body masks them (`valid`), so they write no
+K/V, attend one position and leave their state alone. Cascade attention runs inside the
+graph from static group buffers (sized for the worst case; unused groups are empty), copied
+in when the rows change.
+
+Graphs bake in tensor addresses: weights, KV cache, state. `capture()` runs at the start of a
+`generate` call whenever the weights' addresses differ from the captured ones (first call,
+or e.g. FSDP gathering them anew for a rollout); in-place weight updates (RL) need nothing.
+Graph memory is counted in the KV sizing (memory.py). The slow twin is the eager decode pass
+(`cuda_graphs=False`); a GPU test checks that both give the same tokens.
 """
 import torch
 
-from .runner import PagedAttention
+from .cascade import CascadeGroups
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -21,47 +29,73 @@ def buckets(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, runner, max_num_seqs: int, max_model_len: int):
+    def __init__(self, runner, max_num_seqs: int):
         self.runner = runner
-        model, dev = runner.model, runner.device
-        self.max_blocks = -(-max_model_len // runner.block_size)
-        n = max(buckets(max_num_seqs))
-        self.ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.slots = torch.full((n,), -1, dtype=torch.int64, device=dev)
-        self.tables = torch.zeros(n, self.max_blocks, dtype=torch.int32, device=dev)
-        self.lens = torch.ones(n, dtype=torch.int32, device=dev)
-        self.logits = torch.zeros(n, model.config.vocab_size, dtype=runner.dtype, device=dev)
+        self.sizes = buckets(max_num_seqs)
+        R, dev = max(self.sizes), runner.device
+        c = runner.model.config
+        self.max_rows = max(1, 64 // (c.num_attention_heads // c.num_key_value_heads))  # rows per group tile
+        W = runner.state.max_blocks
+        rows = torch.full((R, self.max_rows), -1, dtype=torch.int32, device=dev)  # at most R groups
+        self.groups = CascadeGroups(rows, torch.zeros(R, W, dtype=torch.int32, device=dev),
+                                    torch.zeros(R, dtype=torch.int32, device=dev),
+                                    torch.zeros(R, dtype=torch.int32, device=dev), None, None)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.fingerprint = None
+        self.num_captures = 0
+
+    def _fingerprint(self):
+        r = self.runner
+        return (r.cascade_min_tokens < 10**9,) + tuple(t.data_ptr() for t in r.model.parameters())
+
+    def ensure_captured(self) -> None:
+        """(Re)capture when the weights moved (or never captured). No sequence may be running."""
+        fp = self._fingerprint()
+        if fp != self.fingerprint:
+            self.capture()
+            self.fingerprint = fp
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        r, st = self.runner, self.runner.state
+        self.graphs.clear()
+        self.outputs.clear()
+        st.num_rows_t.zero_()  # capture with every row invalid: nothing is written
+        groups = self.groups if r.cascade_min_tokens < 10**9 else None
         pool = None
-        for b in reversed(buckets(max_num_seqs)):  # largest first, so smaller ones reuse its pool
-            self._forward(b)  # warm-up: Triton autotuning and allocator state before capture
+        for b in reversed(self.sizes):  # largest first, so smaller ones reuse its pool
+            def body():
+                valid = torch.arange(b, device=r.device) < st.num_rows_t
+                return r.decode(b, valid, groups, capture=True)
+            body()  # warm-up: Triton compilation and allocator state before capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self._forward(b)
+                self.outputs[b] = body()
             pool = graph.pool()
             self.graphs[b] = graph
+        self.num_captures += 1
 
-    @torch.inference_mode()
-    def _forward(self, b: int) -> None:
-        r = self.runner
-        attn = PagedAttention(r.k_cache, r.v_cache, self.slots[:b], [], self.tables[:b], self.lens[:b])
-        h = r.model.model(self.ids[:b][None], self.positions[:b][None], attn)[0]  # (b, C)
-        self.logits[:b] = r.model.lm_head(h)
+    def fits(self, n: int) -> bool:
+        return bool(self.graphs) and n <= self.sizes[-1]
 
-    def fits(self, batch: int, width: int) -> bool:
-        return batch <= max(self.graphs) and width <= self.max_blocks
+    def set_groups(self, groups: CascadeGroups | None, n: int) -> None:
+        """Copy the current rows' groups into the static buffers (empty groups elsewhere)."""
+        g = self.groups
+        g.prefix_len.zero_()
+        g.start.zero_()
+        if groups is None:
+            return
+        NG, MAXR = groups.rows.shape
+        NB = groups.prefix_blocks.shape[1]
+        g.rows[:NG].fill_(-1)
+        g.rows[:NG, :MAXR] = groups.rows
+        g.prefix_blocks[:NG, :NB] = groups.prefix_blocks
+        g.prefix_len[:NG] = groups.prefix_len
+        g.start[:n] = groups.start
 
-    def replay(self, ids, positions, slots, tables, lens) -> torch.Tensor:
-        n = len(ids)
-        b = min(s for s in self.graphs if s >= n)
-        self.ids[:n] = torch.tensor(ids)
-        self.positions[:n] = torch.tensor(positions)
-        self.slots[:n] = torch.tensor(slots)
-        self.slots[n:b] = -1  # padding rows write no K/V ...
-        self.lens[n:b] = 1  # ... and attend to one (garbage) position of block 0
-        self.tables[:n, :tables.shape[1]] = tables
-        self.lens[:n] = lens
+    def replay(self, n: int) -> torch.Tensor:
+        b = next(s for s in self.sizes if s >= n)
         self.graphs[b].replay()
-        return self.logits[:n]
+        return self.outputs[b][:, :n]  # (2, n) [tokens; logprobs], valid until the next replay

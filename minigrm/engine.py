@@ -11,13 +11,19 @@ composition, the step in which a sequence runs, or preemptions in between.
 
 The loop: schedule (scheduler.py) -> run one step on the model (runner.py) -> append each
 sampled token, check EOS / stop strings / length -> release finished sequences' blocks.
+Per step the host does O(batch) small work; the per-sequence tensors the step needs live on
+the device (decode_state.py) and change incrementally. On CUDA, decode passes are replayed
+from CUDA graphs by default (cuda_graphs.py) and the KV pool is sized by a profiled warm-up
+(memory.py).
 """
 import os
 
 import torch
 from tqdm.auto import tqdm
 
-from .kv_cache import BlockManager, num_blocks_for
+from .kernels import use_triton
+from .kv_cache import BlockManager
+from .memory import num_blocks_for, profile_activation_bytes
 from .runner import ModelRunner
 from .sampling import Completion, SamplingParams
 from .scheduler import FINISHED, Scheduler, Sequence
@@ -37,32 +43,48 @@ def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 
 class Engine:
+    """Sampling engine over a model. Memory: `kv_cache_bytes` (any device) or, on CUDA,
+    `gpu_memory_utilization` with a profiled warm-up (memory.py); `num_blocks` overrides both.
+    `cuda_graphs`: None = on where supported (CUDA, Triton kernels, not MLA), False = off,
+    True = required. `cascade`: shared-prefix decode attention for long shared prefixes."""
+
     def __init__(self, model, tokenizer, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_model_len: int | None = None,
-                 kv_cache_bytes: int = 2 * 2**30, prefix_sharing: bool = True, cuda_graphs: bool = False,
+                 kv_cache_bytes: int | None = None, gpu_memory_utilization: float = 0.9,
+                 prefix_sharing: bool = True, cuda_graphs: bool | None = None, cascade: bool = True,
                  progress: bool = True):
         if model.config.is_classifier:
             raise ValueError("Engine samples text: load a *ForCausalLM checkpoint, not a classifier")
         self.model, self.tokenizer = model, tokenizer
         p = next(model.parameters())
+        mla = bool(model.config.kv_lora_rank)
+        if cuda_graphs and mla:
+            raise ValueError("cuda_graphs: not for MLA models (the torch latent decode would read the "
+                             "graphs' full block-table width every step)")
+        graphs = p.is_cuda and use_triton(p) and not mla and cuda_graphs is not False
+        max_model_len = max_model_len or model.config.max_position_embeddings
+        self.memory = {}
         if num_blocks is None:
-            num_blocks = num_blocks_for(model.config, block_size, p.dtype, p.device, cpu_budget_bytes=kv_cache_bytes)
-        self.runner = ModelRunner(model, num_blocks, block_size)
+            if p.is_cuda and kv_cache_bytes is None:
+                self.memory = profile_activation_bytes(model, block_size, max_num_seqs, max_num_batched_tokens,
+                                                       max_model_len, graphs)
+            num_blocks = num_blocks_for(model.config, block_size, p.dtype, p.device, max_num_seqs, max_model_len,
+                                        kv_cache_bytes, gpu_memory_utilization, self.memory.get("reserved", 0))
+        self.max_model_len = min(max_model_len, num_blocks * block_size)
+        self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len)
+        if not cascade:
+            self.runner.cascade_min_tokens = 10**9
         self.blocks = BlockManager(num_blocks, block_size, prefix_sharing)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max(max_num_batched_tokens, max_num_seqs))
-        self.max_model_len = min(max_model_len or model.config.max_position_embeddings, num_blocks * block_size)
+        self.scheduler.on_release = self.runner.release
         eos = getattr(tokenizer, "eos_token_ids", None) or model.config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.progress = progress
         self._next_id = 0
         self.stats = {"steps": 0, "prefill_tokens": 0, "cached_tokens": 0, "decode_tokens": 0}
-        if cuda_graphs and model.config.kv_lora_rank:
-            raise ValueError("cuda_graphs: not for MLA models (the torch latent decode would read the "
-                             "graphs' full block-table width every step)")
-        if cuda_graphs and p.is_cuda:
+        if graphs:
             from .cuda_graphs import DecodeGraphs
-            self.runner.graphs = DecodeGraphs(self.runner, max_num_seqs, self.max_model_len)
-
+            self.runner.graphs = DecodeGraphs(self.runner, max_num_seqs)
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes: call after updating the model's weights in place (RL), since
         freed blocks keep K/V computed by the old weights for reuse across generate() calls."""
@@ -105,6 +127,8 @@ class Engine:
                 where[seq.seq_id] = (i, j)
                 outs[i].append(seq)
                 self.scheduler.add(seq)
+        if self.runner.graphs is not None and where:
+            self.runner.graphs.ensure_captured()  # first call, or the weights moved (FSDP)
         bar = tqdm(total=len(where), desc="generate", unit="seq", disable=not self.progress or len(where) < 2)
         while self.scheduler.has_work():
             for seq in self.step():
@@ -119,37 +143,42 @@ class Engine:
     def step(self) -> list[Sequence]:
         """Schedule and run one step; -> the sequences that finished in it."""
         prefill, decode = self.scheduler.schedule()
-        seqs = prefill + decode
-        if not seqs:
+        if not prefill and not decode:
             raise RuntimeError("scheduler made no progress (KV cache too small for one sequence?)")
-        tokens, logprobs = self.runner.step(prefill, decode)
-        self.stats["steps"] += 1
-        self.stats["prefill_tokens"] += sum(len(s) - s.num_computed for s in prefill)
-        self.stats["cached_tokens"] += sum(s.num_computed for s in prefill)
-        self.stats["decode_tokens"] += len(decode)
+        st = self.stats
+        st["steps"] += 1
+        st["decode_tokens"] += len(decode)
+        for seq in prefill:
+            st["prefill_tokens"] += seq.chunk_end - seq.num_computed
+        st["cached_tokens"] = self.scheduler.num_cached_tokens
+        seqs, tokens, logprobs = self.runner.step(prefill, decode)
         finished = []
+        after_step, eos, max_len = self.scheduler.after_step, self.eos_ids, self.max_model_len
         for seq, token, logprob in zip(seqs, tokens, logprobs):
             seq.output_ids.append(token)
             seq.logprobs.append(logprob)
-            self.scheduler.after_step(seq)
-            reason = self._finish_reason(seq, token)
-            if reason:
-                self.scheduler.finish(seq, reason)
-                finished.append(seq)
+            after_step(seq)
+            p = seq.params
+            if token in eos and not p.ignore_eos:
+                reason = "stop"
+            elif p.stop and self._stopped(seq):
+                reason = "stop"
+            elif len(seq.output_ids) >= p.max_tokens or len(seq) >= max_len:
+                reason = "length"
+            else:
+                continue
+            self.scheduler.finish(seq, reason)
+            finished.append(seq)
+        for seq in prefill:
+            if not seq.decoding:  # a prompt chunk that is not the last: nothing sampled
+                after_step(seq)
         return finished
 
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        p = seq.params
-        if token in self.eos_ids and not p.ignore_eos:
-            return "stop"
-        if p.stop:
-            window = max(len(s) for s in p.stop) + 2  # a stop string of c chars spans <= c + 1 tokens
-            tail = self.tokenizer.decode(seq.output_ids[-window:])
-            if any(s in tail for s in p.stop):
-                return "stop"
-        if len(seq.output_ids) >= p.max_tokens or len(seq) >= self.max_model_len:
-            return "length"
-        return None
+    def _stopped(self, seq: Sequence) -> bool:
+        stop = seq.params.stop
+        window = max(len(s) for s in stop) + 2  # a stop string of c chars spans <= c + 1 tokens
+        tail = self.tokenizer.decode(seq.output_ids[-window:])
+        return any(s in tail for s in stop)
 
     def _completion(self, seq: Sequence) -> Completion:
         assert seq.status == FINISHED

@@ -1,147 +1,167 @@
-"""One engine step on the model: pack the scheduled tokens, run the decoder over the paged
-KV cache, sample the next token of every sequence.
+"""One engine step on the model: prompt chunks, then one token for every decoding sequence.
 
-A step is one flat batch of N tokens (B=1, T=N for the decoder): first the new tokens of each
-prefilling sequence, then one token per decoding sequence. Each attention layer first stores
-the K/V of all N tokens in the cache, then attends through the block tables: prefill queries
-with the torch reference (gather the sequence's K/V, causal attention with an offset), decode
-queries with the paged decode-attention kernel. MLA layers (DeepSeek-V2) store one latent row
-[c_kv, k_pe] per token instead and call `attend_latent`: prefill up-projects the gathered
-latent into per-head K/V, decode attends in latent space (mla.py). Storing first is what lets
-two sequences admitted in the same step share a prefix block that only one of them computes.
+A step runs up to two forward passes, each one flat batch (B=1, T=N for the decoder):
+  prefill   the new tokens of every scheduled prompt chunk, packed back to back, attended with
+            one varlen call over the paged cache (attention.PrefillAttention); logits only at
+            the last token of each prompt that is done
+  decode    one token per decoding sequence, read from the persistent per-row state
+            (decode_state.py): no per-step tensors built from Python lists, nothing
+            proportional to sequence length on the host. Cascade (shared-prefix) attention when
+            groups of rows share >= cascade_min_tokens of prefix; the groups are rebuilt only
+            when rows come or go. On CUDA this pass, with sampling and the state update, is
+            replayed from a CUDA graph (cuda_graphs.py), so admitting prompts (an eager prefill
+            pass beside it) never knocks decode off the graphs.
+Sampled tokens and logprobs come back in one device-to-host copy per step.
 
-Decode-only steps can be replayed from CUDA graphs (captured per batch-size bucket), which
-removes the per-kernel launch overhead that dominates small models.
+Rows: decoding sequences [0, n_dec) in state order, then the prompts finished this step; the
+step returns the sequences in that order with their tokens.
 """
 import torch
 
-from .cascade import cascade_decode_attention, decode_groups
+from .attention import DecodeAttention, PrefillAttention, Rope
+from .cascade import build_groups
+from .decode_state import DecodeState
 from .kernels import use_triton
-from .kernels.kv_store import store_kv
-from .kernels.paged_attention import gather_kv, paged_decode_attention
+from .kernels.prefill_attention import PrefillMeta
 from .kernels.sampler import sample
 from .kv_cache import allocate_kv_cache
-from .model import CausalLM, causal_attention
-
-
-class PagedAttention:
-    """The decoder's attention backend for one step (see `model.Attention.forward`)."""
-
-    def __init__(self, k_cache, v_cache, slot_mapping, prefill_spans, decode_tables, decode_lens, cascade=None):
-        self.k_cache, self.v_cache = k_cache, v_cache  # per layer (num_blocks, block_size, Hkv, D); MLA: latent, None
-        self.slot_mapping = slot_mapping  # (N,) where each token's K/V goes
-        self.prefill_spans = prefill_spans  # [(first query row, rows, context length, block table)]
-        self.num_prefill_rows = sum(n for _, n, _, _ in prefill_spans)
-        self.decode_tables, self.decode_lens = decode_tables, decode_lens  # (Bd, max_blocks), (Bd,)
-        self.cascade = cascade  # (groups, first private position per row): torch path only
-
-    def decode(self, module, q, kc, vc):
-        if self.cascade is not None:
-            return cascade_decode_attention(q, kc, vc, self.decode_tables, self.decode_lens, *self.cascade,
-                                            module.scale, module.softcap, module.window)
-        return paged_decode_attention(q, kc, vc, self.decode_tables, self.decode_lens,
-                                      module.scale, module.softcap, module.window)
-
-    def attend(self, module, q, k, v):
-        layer = module.layer_idx
-        q, k, v = q[0], k[0], v[0]  # (N, H, D), (N, Hkv, D), (N, Hkv, D)
-        kc, vc = self.k_cache[layer], self.v_cache[layer]
-        store_kv(k, v, kc, vc, self.slot_mapping)
-        if not self.prefill_spans:  # decode-only step (the CUDA-graph path): no copies
-            return self.decode(module, q, kc, vc)[None]
-        out = torch.empty_like(q)
-        for start, n, ctx, table in self.prefill_spans:
-            kk, vv = gather_kv(kc, vc, table, ctx)  # (ctx, Hkv, D)
-            out[start:start + n] = causal_attention(q[None, start:start + n], kk[None], vv[None],
-                                                    module.scale, module.softcap, module.window)[0]
-        p = self.num_prefill_rows
-        if p < q.shape[0]:
-            out[p:] = self.decode(module, q[p:], kc, vc)
-        return out[None]
-
-    def attend_latent(self, module, q_nope, q_pe, c_kv, k_pe):
-        """`mla.MLAttention.forward`'s backend. q_nope (1, N, H, Dn), q_pe (1, N, H, Dr), c_kv
-        (1, N, R), k_pe (1, N, 1, Dr) -> (1, N, H, Dv). No cascade: each row is read once per
-        sequence, but it is 576 numbers for all heads."""
-        cache, R = self.k_cache[module.layer_idx], module.rank  # (num_blocks, block_size, 1, R + Dr)
-        rows = torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1)  # (N, R + Dr)
-        cache.view(-1, cache.shape[-1])[self.slot_mapping] = rows.to(cache.dtype)  # eager steps: no slot < 0
-        q_nope, q_pe = q_nope[0], q_pe[0]  # (N, H, Dn), (N, H, Dr)
-        out = q_nope.new_empty(*q_nope.shape[:2], module.v_dim)  # (N, H, Dv)
-        for start, n, ctx, table in self.prefill_spans:
-            lat = gather_kv(cache, cache, table, ctx)[0][None, :, 0]  # (1, ctx, R + Dr)
-            out[start:start + n] = module.attend_expanded(q_nope[None, start:start + n], q_pe[None, start:start + n],
-                                                          lat[..., :R], lat[..., None, R:])[0]
-        p = self.num_prefill_rows
-        if p < out.shape[0]:
-            out[p:] = module.latent_decode(q_nope[p:], q_pe[p:], cache, self.decode_tables, self.decode_lens)
-        return out[None]
+from .model import CausalLM
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, kv_dtype=None):
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, max_num_seqs: int = 256,
+                 max_model_len: int | None = None, kv_dtype=None):
         self.model, self.block_size = model, block_size
         p = next(model.parameters())
         self.device, self.dtype = p.device, kv_dtype or p.dtype
         self.k_cache, self.v_cache = allocate_kv_cache(model.config, num_blocks, block_size, self.dtype, self.device)
         self.softcap = model.config.final_logit_softcapping
-        self.graphs = None  # set by capture_cuda_graphs()
+        self.mla = bool(model.config.kv_lora_rank)
+        max_len = max_model_len or model.config.max_position_embeddings
+        self.state = DecodeState(max_num_seqs, -(-max_len // block_size), self.device)
+        self.graphs = None  # cuda_graphs.DecodeGraphs, set by the engine
         # Cascade pays off only for long shared prefixes: with ~50-token prompts (the demo) its
         # per-group merges cost more than they save (infer_scale on the demo: 30 s vs 20 s).
         self.cascade_min_tokens = 128
+        self.groups = None  # cascade.CascadeGroups of the current rows
+        self._groups_key = None
 
-    def _slots(self, table: list[int], start: int, end: int) -> list[int]:
-        bs = self.block_size
-        return [table[t // bs] * bs + t % bs for t in range(start, end)]
+    def release(self, seq) -> None:
+        """A sequence left the running set (finished or preempted): free its state row."""
+        self.state.remove(seq)
 
-    def _tensor(self, data, dtype=torch.int64):
-        return torch.tensor(data, dtype=dtype, device=self.device)
+    def _fused_rope(self, positions):
+        """RoPE in the kernel (CUDA, not MLA), or None: the decoder's torch RoPE."""
+        if self.mla or not use_triton(positions):
+            return None
+        return Rope(positions, self.model.model.rotary_emb.inv_freq)
 
     @torch.inference_mode()
-    def step(self, prefill, decode) -> tuple[list[int], list[float]]:
-        """Run the scheduled sequences; -> the next token and its logprob for each
-        (prefill sequences first, then decode sequences, in the given order)."""
-        ids, positions, slots, spans, last_rows = [], [], [], [], []
-        for seq in prefill:
-            tokens = seq.token_ids
-            start, end = seq.num_computed, len(tokens)
-            spans.append((len(ids), end - start, end, self._tensor(seq.block_table, torch.int32)))
-            ids += tokens[start:end]
-            positions += range(start, end)
-            slots += self._slots(seq.block_table, start, end)
-            last_rows.append(len(ids) - 1)
-        tables = lens = cascade = None
-        if decode:
-            width = max(len(s.block_table) for s in decode)
-            tables = self._tensor([s.block_table + [0] * (width - len(s.block_table)) for s in decode], torch.int32)
-            lens = self._tensor([len(s) for s in decode], torch.int32)
-            for seq in decode:
-                last_rows.append(len(ids))
-                ids.append(seq.token_ids[-1])
-                positions.append(len(seq) - 1)
-                slots += self._slots(seq.block_table, len(seq) - 1, len(seq))
-            if not use_triton(tables):  # CPU: read each shared prompt prefix once per group
-                groups, start = decode_groups([s.block_table for s in decode], [len(s) for s in decode],
-                                              self.block_size, self.cascade_min_tokens // self.block_size)
-                cascade = (groups, start) if groups else None
-        seqs = prefill + decode
-        if not prefill and self.graphs is not None and self.graphs.fits(len(decode), tables.shape[1]):
-            logits = self.graphs.replay(ids, positions, slots, tables, lens)
-        else:
-            attn = PagedAttention(self.k_cache, self.v_cache, self._tensor(slots), spans, tables, lens, cascade)
-            h = self.model.model(self._tensor(ids)[None], self._tensor(positions)[None], attn)[0]  # (N, C)
-            logits = self.model.lm_head(h[self._tensor(last_rows)])  # (S, V): logits only where sampled
-        return self.sample(logits, seqs)
+    def step(self, prefill, decode) -> tuple[list, list[int], list[float]]:
+        """Run the scheduled prompt chunks and decoding sequences. -> (sequences that sampled,
+        in row order, their tokens, their logprobs)."""
+        st = self.state
+        n_dec = st.flush(decode)
+        done = [s for s in prefill if s.decoding]  # prompts whose last chunk runs now: they sample
+        if n_dec:
+            self._update_groups(n_dec)
+        parts = []
+        if n_dec:
+            if self.graphs is not None and self.graphs.fits(n_dec):
+                parts.append(self.graphs.replay(n_dec))
+            else:
+                parts.append(self.decode(n_dec))
+        if prefill:
+            st.add(done)
+            out = self._prefill(prefill, done, n_dec)
+            if out is not None:
+                parts.append(out)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (2, rows) float64
+        tokens, logprobs = out.tolist()  # the one device-to-host copy of the step
+        return st.seqs[:n_dec + len(done)], [int(t) for t in tokens], logprobs
 
-    def sample(self, logits, seqs) -> tuple[list[int], list[float]]:
-        ps = [s.params for s in seqs]
-        tokens, logprobs = sample(
-            logits,
-            temperature=self._tensor([p.temperature for p in ps], torch.float32),
-            top_k=self._tensor([p.top_k for p in ps], torch.int32),
-            top_p=self._tensor([p.top_p for p in ps], torch.float32),
-            seeds=self._tensor([s.seed for s in seqs]),
-            steps=self._tensor([len(s.output_ids) for s in seqs]),
-            softcap=self.softcap,
-        )
-        return tokens.tolist(), logprobs.tolist()  # one host sync per step
+    def _update_groups(self, n: int) -> None:
+        """Rebuild the cascade groups when rows changed (not every step)."""
+        st = self.state
+        key = (self.cascade_min_tokens, n)
+        if not st.dirty and key == self._groups_key:
+            return
+        st.dirty, self._groups_key = False, key
+        seqs = st.seqs[:n]
+        self.groups = None
+        if n > 1 and self.cascade_min_tokens < 10**9:
+            min_blocks = max(1, -(-self.cascade_min_tokens // self.block_size))
+            H, Hkv = self.model.config.num_attention_heads, self.model.config.num_key_value_heads
+            kernel = use_triton(st.lens)
+            max_rows = max(1, 64 // (H // Hkv)) if kernel else None  # kernel tile: <= 64 stacked queries
+            self.groups = build_groups([s.block_table for s in seqs], [len(s) for s in seqs], self.block_size,
+                                       min_blocks, self.device, max_rows, singletons=not kernel)
+        if self.graphs is not None:
+            self.graphs.set_groups(self.groups, n)
+
+    def decode(self, b: int, valid=None, groups=None, capture=False):
+        """The decode pass over state rows [0, b): forward, sample, update the state.
+        -> (2, b) float64 [tokens; logprobs]. `valid` (b,) bool marks real rows in a CUDA-graph
+        bucket (the others write no K/V and attend one position); graphs pass their own groups."""
+        st, bs = self.state, self.block_size
+        lens = st.lens[:b]
+        pos = lens.long() - 1  # (b,) the fed token's position
+        tables = st.tables[:b] if valid is not None else st.tables[:b, :st.width]  # eager: only used columns
+        slots = tables.gather(1, (pos // bs)[:, None])[:, 0].long() * bs + pos % bs
+        if valid is not None:
+            slots = slots.masked_fill(~valid, -1)
+            lens = torch.where(valid, lens, 1)
+            pos = pos.masked_fill(~valid, 0)
+        if not capture and self.groups is not None and self.groups.start_blocks is not None:
+            # the torch suffix's width: each row's blocks past its start, as rows grow (O(rows) ints)
+            g = self.groups
+            g.suffix_blocks = max(map(lambda s, a: len(s.block_table) - a, st.seqs[:b], g.start_blocks))
+        groups = groups if capture else self.groups
+        if self.mla:
+            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, latent_width=st.width)
+        else:
+            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
+                                   all_valid=valid is None)
+        h = self.model.model(st.tokens[:b][None], pos[None], attn)[0]  # (b, C)
+        logits = self.model.lm_head(h)  # (b, V)
+        tok, lp = self._sample(logits, slice(0, b))
+        st.commit(slice(0, b), tok, valid)
+        return torch.stack([tok.double(), lp.double()])
+
+    def _sample(self, logits, rows: slice):
+        st = self.state
+        return sample(logits, st.temperature[rows], st.top_k[rows], st.top_p[rows], st.seeds[rows], st.steps[rows],
+                      softcap=self.softcap)
+
+    def _prefill(self, prefill, done, first_row: int):
+        """The prefill pass: every scheduled chunk packed; samples the prompts in `done`
+        (state rows [first_row, first_row + len(done))). -> (2, len(done)) float64 or None."""
+        ids, q_len, ctx, tables, starts, last_rows, n = [], [], [], [], [], [], 0
+        for seq in prefill:
+            a, b = seq.num_computed, seq.chunk_end
+            ids += seq.tokens(a, b)
+            q_len.append(b - a)
+            ctx.append(b)
+            starts.append(a)
+            tables.append(seq.block_table)
+            n += b - a
+            if seq.decoding:
+                last_rows.append(n - 1)
+        dev, bs = self.device, self.block_size
+        meta = PrefillMeta.build(q_len, ctx, tables, dev)
+        pinned = dev.type == "cuda"
+        ids_t = torch.tensor(ids, dtype=torch.int64, pin_memory=pinned).to(dev, non_blocking=True)
+        seq_of = torch.repeat_interleave(torch.arange(len(prefill), device=dev), meta.q_len.long(), output_size=n)
+        first_pos = meta.ctx.long() - meta.q_len.long()  # (S,) position of each chunk's first token
+        positions = torch.arange(n, device=dev) - meta.q_start.long()[seq_of] + first_pos[seq_of]  # (n,)
+        slots = meta.tables[seq_of, positions // bs].long() * bs + positions % bs
+        attn = PrefillAttention(self.k_cache, self.v_cache, slots, meta, self._fused_rope(positions))
+        h = self.model.model(ids_t[None], positions[None], attn)[0]  # (n, C)
+        if not done:
+            return None
+        rows_t = torch.tensor(last_rows, dtype=torch.int64, pin_memory=pinned).to(dev, non_blocking=True)
+        logits = self.model.lm_head(h[rows_t])  # (S_done, V): logits only where sampled
+        rows = slice(first_row, first_row + len(done))
+        tok, lp = self._sample(logits, rows)
+        self.state.commit(rows, tok)
+        return torch.stack([tok.double(), lp.double()])
