@@ -59,6 +59,7 @@ def parse_args(argv=None):
     ap.add_argument("--chunk", type=int, default=64, help="items sampled together (bounds memory, not results)")
     ap.add_argument("--max-num-seqs", type=int, default=256, help="sequences decoded together (engine batch)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="eager decode steps (CUDA graphs are on by default on CUDA)")
     args = ap.parse_args(argv)
     if args.meta_rm is None and not args.no_meta_rm and args.model == str(DEMO / "grm"):
         args.meta_rm = str(DEMO / "meta_rm")
@@ -93,7 +94,8 @@ def sample_judgments(items, args, d, path) -> None:
     dtype = model_dtype(args, d)
     model = minigrm.load_model(args.model, dtype=dtype, device=d.device)
     tok = minigrm.load_tokenizer(args.model)
-    engine = Engine(model, tok, max_num_seqs=args.max_num_seqs, progress=not args.no_progress)
+    engine = Engine(model, tok, max_num_seqs=args.max_num_seqs, progress=not args.no_progress,
+                    cuda_graphs=False if args.no_cuda_graphs else None)
     for start in range(0, len(todo), args.chunk * (args.k_max + 1)):
         chunk = todo[start:start + args.chunk * (args.k_max + 1)]
         for greedy in (True, False):

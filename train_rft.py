@@ -101,6 +101,7 @@ def parse_args(argv=None):
     ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
     ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="eager decode steps (CUDA graphs are on by default on CUDA)")
     args = ap.parse_args(argv)
     args.sampler = args.sampler or args.model
     args.lr = args.lr if args.lr is not None else (1e-5 if args.meta_rm else 5e-6)
@@ -148,7 +149,7 @@ def sample_trajectories(items, args, d, path: Path) -> None:
     model = load_model(args.sampler, dtype=dtype, device=d.device)
     tok = load_tokenizer(args.sampler)
     blocks = max(2, int(args.kv_cache_gb * 2**30 // (kv_bytes_per_token(model.config, dtype) * 16)))
-    engine = Engine(model, tok, num_blocks=blocks, progress=False)
+    engine = Engine(model, tok, num_blocks=blocks, progress=False, cuda_graphs=False if args.no_cuda_graphs else None)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
 
     def save(i, _, c):

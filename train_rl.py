@@ -101,6 +101,7 @@ def parse_args(argv=None):
     ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
     ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="eager decode steps (CUDA graphs are on by default on CUDA)")
     return ap.parse_args(argv)
 
 
@@ -205,7 +206,7 @@ def main(argv=None):
     block = 16
     num_blocks = max(2, int(args.kv_cache_gb * 2**30 // (kv_bytes_per_token(model.config, dtype) * block)))
     engine = Engine(model, tok, block_size=block, num_blocks=num_blocks, max_num_seqs=max(local_seqs, 3),
-                    progress=False)  # the bare model: the engine reads its live weights every step
+                    progress=False, cuda_graphs=False if args.no_cuda_graphs else None)  # the bare model: the engine reads its live weights every step
 
     # data: drop over-long prompts, optionally the too-easy ones
     items = load_items(args.data)
@@ -216,7 +217,7 @@ def main(argv=None):
     if args.drop_too_easy:
         with training.full_weights(ref_policy):
             ref_engine = Engine(ref, tok, block_size=block, num_blocks=num_blocks, max_num_seqs=max(local_seqs, 3),
-                                progress=False)
+                                progress=False, cuda_graphs=False if args.no_cuda_graphs else None)
             items = drop_too_easy(items, ref_engine, tok, args, d, out / "too_easy.json")
             del ref_engine
     if not items:

@@ -35,7 +35,7 @@ class Rope:
     inv_freq: torch.Tensor  # (D/2,) fp32
 
     def __call__(self, q, k):  # (1, N, H, D), (1, N, Hkv, D) -> rotated, same shapes
-        q, k = apply_rope(q[0], k[0], self.positions, self.inv_freq)
+        q, k = apply_rope(q[0], k[0], self.positions, self.inv_freq.float())
         return q[None], k[None]
 
 

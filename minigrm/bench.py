@@ -37,12 +37,16 @@ SHAPES = {
     "gemma-2-2b": dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
                        query_pre_attn_scalar=256, sliding_window=4096, hidden_activation="gelu_pytorch_tanh"),
+    # a few-MB model for dry runs of gpu_check on a CPU
+    "tiny": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
 }
 BANDWIDTH = {"H100": 3.0e12, "H200": 4.8e12}  # achievable-copy (H100) / spec (H200) bytes/s
 
 
-def build_model_dir(name: str, dtype) -> str:
-    """A folder with the named model: 'smollm2' or 'random:<shape>' (saved by transformers)."""
+def build_model_dir(name: str, dtype, device="cpu", folder: str | None = None) -> str:
+    """A folder with the named model: 'smollm2' or 'random:<shape>' (random weights, built on
+    `device` and saved by transformers into `folder` or a new temporary one)."""
     if name == "smollm2":
         from .fixtures import smollm2_path
         return str(smollm2_path())
@@ -52,9 +56,9 @@ def build_model_dir(name: str, dtype) -> str:
     shape = dict(SHAPES[name.removeprefix("random:")])
     config = transformers.AutoConfig.for_model(shape.pop("model_type"), max_position_embeddings=8192, **shape)
     torch.manual_seed(0)
-    with torch.device("cpu"):
+    with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    folder = tempfile.mkdtemp(prefix="minigrm-bench-")
+    folder = folder or tempfile.mkdtemp(prefix="minigrm-bench-")
     model.save_pretrained(folder)
     return folder
 

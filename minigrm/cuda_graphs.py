@@ -62,6 +62,8 @@ class DecodeGraphs:
         self.graphs.clear()
         self.outputs.clear()
         st.num_rows_t.zero_()  # capture with every row invalid: nothing is written
+        self.set_groups(None, 0)  # no stale group may name a row past a small bucket
+        r.state.dirty = True  # ... so the next step copies the live groups back in
         groups = self.groups if r.cascade_min_tokens < 10**9 else None
         pool = None
         for b in reversed(self.sizes):  # largest first, so smaller ones reuse its pool

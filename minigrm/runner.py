@@ -76,6 +76,8 @@ class ModelRunner:
             out = self._prefill(prefill, done, n_dec)
             if out is not None:
                 parts.append(out)
+        if not parts:  # only prompt chunks that are not the last: nothing sampled
+            return [], [], []
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (2, rows) float64
         tokens, logprobs = out.tolist()  # the one device-to-host copy of the step
         return st.seqs[:n_dec + len(done)], [int(t) for t in tokens], logprobs

@@ -169,3 +169,58 @@ def test_cascade_attention_on_equals_off(tiny):
     assert [[c.token_ids for c in g] for g in on] == [[c.token_ids for c in g] for g in off]
     worst = max(abs(a - b) for g, h in zip(on, off) for c, d in zip(g, h) for a, b in zip(c.logprobs, d.logprobs))
     assert worst < 1e-4
+
+
+# --- the engine's fast paths against their slow twins ---------------------------------------
+
+@pytest.fixture(scope="module", params=["llama", "gemma2"])  # plain, and softcap + sliding window
+def tiny2(request, tmp_path_factory):
+    return None, minigrm.load_model(save_hf(hf_model(request.param), tmp_path_factory.mktemp(request.param + "2")))
+
+
+def test_chunked_prefill_changes_nothing_but_steps(tiny2):
+    """Prompts cut into chunks of a few tokens (a budget of 8 per step) give the outputs of
+    whole-prompt prefill, through prefix sharing and a cached prefix under the chunks."""
+    _, ours = tiny2
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=6, ignore_eos=True, seed=5)
+    whole = engine(ours).generate(PROMPTS, params)
+    small = engine(ours, max_num_seqs=8, max_num_batched_tokens=8)
+    chunked = small.generate(PROMPTS, params)
+    assert [[c.token_ids for c in g] for g in chunked] == [[c.token_ids for c in g] for g in whole]
+    worst = max(abs(a - b) for g, h in zip(chunked, whole) for c, d in zip(g, h) for a, b in zip(c.logprobs, d.logprobs))
+    assert worst < 1e-4 and small.stats["cached_tokens"] > 0
+
+
+def test_decode_state_equals_a_rebuild_from_the_sequences(tiny2):
+    """After every step, the persistent per-row tensors (updated incrementally: rows added,
+    freed and compacted, blocks appended) equal what the sequences say."""
+    _, ours = tiny2
+    e = engine(ours, num_blocks=16)  # small: preemptions move rows too
+    params = SamplingParams(n=3, temperature=1.0, top_k=5, max_tokens=9, ignore_eos=True, seed=1)
+    e.generate(PROMPTS, SamplingParams(max_tokens=1))  # a warm prefix cache
+    from minigrm.scheduler import Sequence
+    for i, p in enumerate(PROMPTS * 2):
+        for j in range(3):
+            e.scheduler.add(Sequence(1000 + 3 * i + j, p, SamplingParams(**{**vars(params), "max_tokens": 3 + 2 * j}),
+                                     seed=i * 3 + j))
+    st, checked = e.runner.state, 0
+    while e.scheduler.has_work():
+        e.step()
+        seqs = [s for s in st.seqs if s is not None]
+        for s in seqs:
+            r = s.row
+            assert st.tables[r, :len(s.block_table)].tolist() == s.block_table
+            assert (st.lens[r], st.tokens[r], st.steps[r], st.seeds[r]) == (len(s), s.last_token, len(s.output_ids), s.seed)
+            assert (st.top_k[r], st.temperature[r]) == (s.params.top_k, s.params.temperature)
+            checked += 1
+    assert checked > 50 and e.scheduler.num_preemptions > 0 and st.num_rows == 0
+
+
+def test_kv_cache_bytes_is_honoured_on_cpu(tiny2):
+    _, ours = tiny2
+    c = ours.config
+    per_block = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * 4  # fp32, block of 4
+    e = Engine(ours, None, block_size=4, kv_cache_bytes=10 * per_block, progress=False)
+    assert e.blocks.num_blocks == 10 and e.runner.k_cache[0].shape[0] == 10
+    big = Engine(ours, None, block_size=4, max_num_seqs=2, kv_cache_bytes=2**40, progress=False)
+    assert big.blocks.num_blocks == 2 * c.max_position_embeddings // 4 + 1  # never more than can be used
