@@ -18,7 +18,7 @@ kernels/cascade_attention.py with the same groups. Both are pinned to the plain 
 attention reference (`kernels.paged_attention.paged_decode_attention_ref`) by
 tests/test_cascade.py.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,8 @@ class CascadeGroups:
     member_rows: torch.Tensor  # (M,) int64 rows.view(-1)[members]
     start_blocks: list[int] | None = None  # host: start // block_size per row
     suffix_blocks: int = 0  # host: max blocks of any row's suffix (the runner updates it as rows grow)
+    prefix_kv: dict = field(default_factory=dict)  # torch path: each layer's gathered prefix K/V, kept
+    # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
 
 
 def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1,
@@ -147,11 +149,15 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     B, Hkv, G, D = q.shape
     NG, MAXR = groups.rows.shape
     rows = groups.rows.long().clamp_min(0)  # (NG, MAXR); padding reads row 0, dropped below
-    k = _gather(k_cache, groups.prefix_blocks).flatten(1, 2).float()  # (NG, Lp, Hkv, D)
-    v = _gather(v_cache, groups.prefix_blocks).flatten(1, 2).float().transpose(1, 2)  # (NG, Hkv, Lp, D)
-    Lp = k.shape[1]
+    key = k_cache.data_ptr()
+    if key not in groups.prefix_kv:  # gathered once per layer while the groups stand
+        k = _gather(k_cache, groups.prefix_blocks).flatten(1, 2).float()  # (NG, Lp, Hkv, D)
+        v = _gather(v_cache, groups.prefix_blocks).flatten(1, 2).float()
+        groups.prefix_kv[key] = (k.permute(0, 2, 3, 1).contiguous(), v.transpose(1, 2).contiguous())
+    k, v = groups.prefix_kv[key]  # (NG, Hkv, D, Lp), (NG, Hkv, Lp, D)
+    Lp = k.shape[-1]
     qs = q[rows].permute(0, 2, 1, 3, 4).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
-    s = _capped(qs @ k.permute(0, 2, 3, 1), softcap)  # (NG, Hkv, MAXR*G, Lp)
+    s = _capped(qs @ k, softcap)  # (NG, Hkv, MAXR*G, Lp)
     valid = None
     j = torch.arange(Lp, device=q.device)
     if NG > 1 and Lp * NG != int(groups.prefix_len.sum()):  # prefixes of different lengths: mask the padding

@@ -45,8 +45,9 @@ def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 class Engine:
     """Sampling engine over a model. Memory: `kv_cache_bytes` (any device) or, on CUDA,
     `gpu_memory_utilization` with a profiled warm-up (memory.py); `num_blocks` overrides both.
-    `cuda_graphs`: None = on where supported (CUDA, Triton kernels, not MLA), False = off,
-    True = required. `cascade`: shared-prefix decode attention for long shared prefixes."""
+    `cuda_graphs`: decode passes replayed from CUDA graphs on CUDA unless False (MLA models run
+    eager; True raises for them). `cascade`: shared-prefix decode attention for groups of rows
+    sharing >= runner.cascade_min_tokens of prompt."""
 
     def __init__(self, model, tokenizer, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_model_len: int | None = None,
@@ -85,6 +86,7 @@ class Engine:
         if graphs:
             from .cuda_graphs import DecodeGraphs
             self.runner.graphs = DecodeGraphs(self.runner, max_num_seqs)
+
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes: call after updating the model's weights in place (RL), since
         freed blocks keep K/V computed by the old weights for reuse across generate() calls."""

@@ -135,13 +135,3 @@ def kv_bytes_per_token(config, dtype) -> int:
         return config.num_hidden_layers * (config.kv_lora_rank + config.qk_rope_head_dim) * dtype.itemsize
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.itemsize
 
-
-def num_blocks_for(config, block_size: int, dtype, device, memory_fraction=0.9, cpu_budget_bytes=2 * 2**30):
-    """Blocks that fit: a fraction of free GPU memory on CUDA, a fixed budget on CPU."""
-    per_block = kv_bytes_per_token(config, dtype) * block_size
-    if torch.device(device).type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = free * memory_fraction
-    else:
-        budget = cpu_budget_bytes
-    return max(2, int(budget // per_block))

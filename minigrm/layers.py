@@ -81,6 +81,8 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions[..., None].float() * self.inv_freq  # (..., T, D/2), fp32 like HF
         emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, D)
+        if self.attention_factor == 1.0:  # x * 1.0 == x: two ops less per forward
+            return emb.cos().to(dtype), emb.sin().to(dtype)
         return (emb.cos() * self.attention_factor).to(dtype), (emb.sin() * self.attention_factor).to(dtype)
 
 

@@ -43,6 +43,8 @@ logits (banned tokens) are fine. temperature < 0 acts as 0 (greedy); top_p <= 0 
 the maximal z (and its ties). Values are not checked on the device: that would sync the host.
 """
 import math
+import weakref
+
 import torch
 import triton
 import triton.language as tl
@@ -249,13 +251,32 @@ def _fmix32_ref(x):  # x: int64 tensor holding uint32 values; returns a new tens
 _vocab_hash: dict = {}  # (V, device) -> fmix32(v) for v < V: the per-token half of the hash
 
 
+_seed_keys: dict = {}  # (id of a base tensor, offset, length) -> (weakref, version, seed half of the keys)
+
+
+def _seed_key(seeds):
+    """The fmix32 rounds of the seed alone. Memoised for a slice of a persistent tensor (the
+    engine's per-row seeds) while that tensor is the same object at the same version (any
+    in-place write bumps it); computed afresh otherwise."""
+    M = 0xFFFFFFFF
+    base = seeds._base
+    if base is None or base.is_inference():
+        return _fmix32_ref(_fmix32_ref((seeds & M) ^ 0x9E3779B9) ^ ((seeds >> 32) & M))
+    k = (id(base), seeds.storage_offset(), seeds.shape[0])
+    hit = _seed_keys.get(k)
+    if hit is None or hit[0]() is not base or hit[1] != base._version:
+        if len(_seed_keys) > 64:
+            _seed_keys.clear()
+        hit = (weakref.ref(base), base._version, _fmix32_ref(_fmix32_ref((seeds & M) ^ 0x9E3779B9) ^ ((seeds >> 32) & M)))
+        _seed_keys[k] = hit
+    return hit[2]
+
+
 def uniform(seeds, steps, V, rows=None, cols=None):
     """(B, V) fp32 uniforms in (0, 1): the kernel's noise, bit for bit. With `rows`/`cols`
     (index tensors), only those entries: u[rows[i], cols[i]]."""
     M = 0xFFFFFFFF
-    key = _fmix32_ref((seeds & M) ^ 0x9E3779B9)
-    key = _fmix32_ref(key ^ ((seeds >> 32) & M))
-    key = _fmix32_ref(key ^ (steps & M))
+    key = _fmix32_ref(_seed_key(seeds) ^ (steps & M))
     key = _fmix32_ref(key ^ ((steps >> 32) & M))  # (B,)
     if (V, seeds.device) not in _vocab_hash:
         _vocab_hash[V, seeds.device] = _fmix32_ref(torch.arange(V, device=seeds.device, dtype=torch.int64))
