@@ -109,11 +109,16 @@ def _gather(cache, blocks):
 
 def _attend(s, v, valid=None):
     """softmax(s) @ v and log-sum-exp from scores s (..., Lq, L) (consumed), v (..., L, D);
-    `valid` masks keys (broadcast to s). lse = -inf and output 0 where no key is valid."""
+    `valid` masks keys (broadcast to s). lse = -inf and output 0 where no key is valid.
+    Shifted scores are clamped at -60 before exp: probabilities below e^-60 (~1e-26, far below
+    fp32's resolution of the sum) would otherwise be denormal floats, on which exp and the
+    p @ v matmul run 10-100x slower on x86 (real attention is peaky: most keys are there)."""
     if valid is not None:
         s.masked_fill_(~valid, NEG_INF)
     m = s.amax(-1, keepdim=True).clamp_min_(-1e30)  # finite: exp(-inf - m) = 0, never nan
-    p = s.sub_(m).exp_()
+    p = s.sub_(m).clamp_(min=-60.0).exp_()
+    if valid is not None:
+        p.masked_fill_(~valid, 0.0)  # masked keys weigh exactly 0 (the clamp made them e^-60)
     l = p.sum(-1, keepdim=True)  # noqa: E741
     o = (p @ v) / l.clamp_min(1e-30)
     return o, (m + l.log())[..., 0]

@@ -104,12 +104,12 @@ class DecodeState:
         first = len(self.seqs)
         if first + len(seqs) > self.max_rows:
             raise RuntimeError(f"more than {self.max_rows} decoding sequences")
-        W = self.max_blocks
+        W = max(len(s.block_table) for s in seqs)  # columns past it are never read for these rows
         table = [s.block_table + [0] * (W - len(s.block_table)) for s in seqs]
         ints = [[len(s), s.seed, len(s.output_ids), s.params.top_k] for s in seqs]
         floats = [[s.params.temperature, s.params.top_p] for s in seqs]
         rows = slice(first, first + len(seqs))
-        self.tables[rows] = self._h2d(table, torch.int32)
+        self.tables[rows, :W] = self._h2d(table, torch.int32)
         ints, floats = self._h2d(ints, torch.int64), self._h2d(floats, torch.float32)
         self.lens[rows], self.seeds[rows], self.steps[rows] = ints[:, 0].to(torch.int32), ints[:, 1], ints[:, 2]
         self.top_k[rows] = ints[:, 3].to(torch.int32)
