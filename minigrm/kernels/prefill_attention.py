@@ -19,7 +19,8 @@ use no flash/efficient backend).
 
 The torch twin (the CPU path) pads sequences into a few packs bounded in score memory (sorted
 by length, so short chunks are not padded to a long prompt), gathers each pack's keys through
-its tables and runs one masked SDPA per pack: a loop over packs, not over sequences.
+its tables and runs one SDPA per pack (causal without a mask when the pack holds only whole
+prompts and no window, masked otherwise): a loop over packs, not over sequences.
 """
 import os
 from dataclasses import dataclass
@@ -190,6 +191,13 @@ def prefill_attention_ref(q, k_cache, v_cache, meta: PrefillMeta, scale, softcap
         rows = meta.q_start[idx].long()[:, None] + i  # (P, Tq) packed rows
         real = i < q_len  # (P, Tq)
         qq = q[rows.clamp(max=N - 1)].transpose(1, 2)  # (P, H, Tq, D)
+        if softcap is None and window is None and all(meta.q_len_host[s] == meta.ctx_host[s] for s in pack):
+            # whole prompts (nothing cached): plain causal attention, even right-padded, since a
+            # real query at position i sees keys j <= i < its length. No mask: half the work
+            k, v = k[:, :, :Tq], v[:, :, :Tq]
+            o = F.scaled_dot_product_attention(qq, k, v, is_causal=True, scale=scale, enable_gqa=H != Hkv)
+            out[rows[real]] = o.transpose(1, 2)[real]
+            continue
         qpos = ctx - q_len + i  # (P, Tq)
         j = torch.arange(k.shape[2], device=q.device)
         allowed = (j <= qpos[..., None]) & (j < ctx[..., None])  # (P, Tq, L'); padding rows see j < ctx
