@@ -9,16 +9,19 @@ Stage A, sampling (resumable: every trajectory is appended to <out>/trajectories
 .rank<r>.jsonl per rank, as soon as it is done; a rerun samples only what is missing):
   - non-hinted: N_RFT (--n-rft, 3) judgments per item from --sampler (default --model), each
     over its own seeded shuffle of the responses;
-  - hinted: for a --hinted-share fraction of the items (chosen by a seeded hash; singles never),
+  - hinted: for a --hinted-share fraction of the items (a seeded draw per item; singles never),
     one more judgment with "The best response is: Response j" appended to the prompt;
-  - each record: item id, hinted flag, sample index, order, output token ids, text, scores,
-    correct (Eq. 10; an invalid or truncated judgment is incorrect).
+  - prompts, orders, seeds and grading are grm.py's (singles use the paper's n = 1 training
+    prompt, score 0/1); each record: item id, sample index, hinted flag, order, text, length,
+    finish reason, correct (Eq. 10; an invalid or truncated judgment is incorrect), valid.
 Rejection (rft.reject_non_hinted / reject_hinted): incorrect trajectories are dropped; an item
 whose N_RFT non-hinted samples are all correct is "too easy" and dropped altogether; a
 hinted trajectory is kept iff correct. Acceptance, too-easy and invalid rates are printed and
 written to <out>/rejection.json.
 
-Stage B, SFT: next-token loss on the accepted GRM outputs only (rft.sft_example), optionally
+Stage B, SFT: next-token loss on the accepted judgments only, their TEXT rendered in the
+student's chat template and tokenizer (rft.chat_example: a --sampler with another vocabulary
+gives the same targets as text; GRM_SPEC §4 samples RFT data from a stronger model), optionally
 mixed with --sft-data (chat JSONL {"messages": [...]}, loss on the last assistant turn);
 length-grouped batches, AdamW, warmup + cosine, gradient accumulation, clipping,
 <out>/checkpoint-<step> and --resume as in train_rl.py.
@@ -28,9 +31,10 @@ WITHOUT the hint. The hint only steers sampling towards a correct judgment; the 
 learn to produce that judgment from the ordinary prompt, which is all it sees at inference.
 Training on the hinted prompt would teach it to rely on a hint it will never get.
 
---meta-rm: label every non-hinted trajectory (plus --extra-trajectories: records with "item",
-"order", "text", e.g. infer_scale.py's judgments.jsonl of the GRM to be guided) by Eq. 10
-correctness; the input is meta_rm_messages(context, shown responses, judgment) rendered with
+--meta-rm: label every non-hinted sampled trajectory (plus --extra-trajectories: records with
+"item", "sample", "order", "text", e.g. infer_scale.py's judgments.jsonl of the GRM to be guided;
+their greedy judgments are left out) by Eq. 10 under the prompt each was sampled with; judgments
+Eq. 10 cannot label are skipped and counted (meta_examples); the input is meta_rm_messages(context, shown responses, judgment) rendered with
 the chat template (add_generation_prompt=False); the model is --model's backbone with a new
 scalar `score` head (*ForSequenceClassification, num_labels 1, N(0, 0.02) init), trained with
 binary cross-entropy on the reward at the last token (paper LR 1e-5). The checkpoint loads with
@@ -44,7 +48,6 @@ multiple of the world size so every rank runs the same number.
 """
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -52,20 +55,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minigrm import distributed, training
+from minigrm import distributed, grm, training
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, item_key, load_items, read_jsonl, write_jsonl
-from minigrm.engine import Engine, sample_seed
+from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.engine import Engine
 from minigrm.kv_cache import kv_bytes_per_token
 from minigrm.meta_rm import classifier_from, meta_batches
 from minigrm.optim import lr_at, make_optimizer, set_lr
-from minigrm.parser import parse_judgment
-from minigrm.prompts import grm_messages, meta_rm_messages, single_response_messages
-from minigrm.rewards import best_index, is_correct
-from minigrm.rft import reject_hinted, reject_non_hinted, sft_batches, sft_example
+from minigrm.rft import chat_example, reject_hinted, reject_non_hinted, sft_batches
+from minigrm.prompts import meta_rm_messages
 from minigrm.sampling import SamplingParams
 from minigrm.tokenizer import load_tokenizer
-from minigrm.voting import permute, shuffled_order, unshuffle
+from minigrm.voting import permute
 
 
 
@@ -109,32 +110,15 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------- stage A: sampling
 
-def messages_for(item, order, hint: bool):
-    if item.kind == "single":
-        return single_response_messages(item.prompt, item.responses[0])
-    return grm_messages(item.prompt, permute(item.responses, order),
-                        order.index(best_index(item.truth)) if hint else None)
-
-
 def prompt_ids(tok, item, order, hint: bool = False) -> list[int]:
-    return tok.encode(tok.apply_chat_template(messages_for(item, order, hint), add_generation_prompt=True))
-
-
-def judge(item, order, text: str, finish_reason: str = "stop") -> tuple[bool, bool]:
-    """-> (correct, valid) of one judgment (Eq. 10 in the original order; truncated = invalid)."""
-    lo, hi = (0, 1) if item.kind == "single" else (1, 10)
-    scores = parse_judgment(text, len(item.responses), lo, hi).scores if finish_reason == "stop" else None
-    return is_correct(unshuffle(scores, order), item.truth), scores is not None
+    return tok.encode(tok.apply_chat_template(grm.messages(item, order, training=True, hint=hint)))
 
 
 def planned_samples(item, args) -> list[tuple[int, bool, list[int]]]:
     """(sample index, hinted, order) of every trajectory stage A draws for an item."""
-    n, key = len(item.responses), item_key(item)
-    plan = [(j, False, shuffled_order(n, sample_seed(args.seed, key, j))) for j in range(args.n_rft)]
-    hinted = (item.kind != "single" and not args.meta_rm
-              and random.Random(sample_seed(args.seed, key, -1)).random() < args.hinted_share)
-    if hinted:
-        plan.append((args.n_rft, True, shuffled_order(n, sample_seed(args.seed, key, args.n_rft))))
+    plan = [(j, False, grm.order(item, j, args.seed)) for j in range(args.n_rft)]
+    if item.kind != "single" and not args.meta_rm and grm.coin(item, args.seed, "hinted") < args.hinted_share:
+        plan.append((args.n_rft, True, grm.order(item, args.n_rft, args.seed)))
     return plan
 
 
@@ -153,13 +137,13 @@ def sample_trajectories(items, args, d, path: Path) -> None:
 
     def save(i, _, c):
         item, j, hinted, order = todo[i]
-        correct, valid = judge(item, order, c.text, c.finish_reason)
-        append_jsonl(path, {"item": str(item.id), "sample": j, "hinted": hinted, "order": order,
-                            "output_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason,
-                            "correct": correct, "valid": valid})
+        v = grm.judge(item, order, c.text, c.finish_reason, training=True)
+        append_jsonl(path, {"item": str(item.id), "sample": j, "hinted": hinted, "order": order, "training": True,
+                            "text": c.text, "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                            "correct": v.correct, "valid": v.valid})
 
     engine.generate([prompt_ids(tok, it, o, h) for it, _, h, o in todo], params, on_finish=save,
-                    seeds=[sample_seed(args.seed + 1, item_key(it), j) for it, j, _, _ in todo])
+                    seeds=[grm.stream_seed(it, j, args.seed) for it, j, _, _ in todo])
     del engine, model
 
 
@@ -193,35 +177,41 @@ def select(records, n_rft: int) -> tuple[list[dict], dict]:
 # ---------------------------------------------------------------------------- stage B: examples
 
 def rft_examples(accepted, by_id, tok) -> list[tuple[list[int], list[bool]]]:
-    """The NON-hinted prompt (same order) + the accepted output, loss on the output only."""
-    return [sft_example(prompt_ids(tok, by_id[r["item"]], r["order"]), r["output_ids"]) for r in accepted]
+    """The NON-hinted prompt (same order) + the accepted judgment's TEXT, rendered and encoded by
+    the student's own chat template and tokenizer (so a --sampler with another vocabulary works);
+    loss on the judgment and the template's end-of-turn only."""
+    return [chat_example(tok, grm.messages(by_id[r["item"]], r["order"], training=True), r["text"])
+            for r in accepted]
 
 
 def chat_examples(path, tok) -> list[tuple[list[int], list[bool]]]:
-    """General chat data: loss on the last assistant turn (its end-of-turn tokens included)."""
+    """General chat data {"messages": [...]}: loss on the last assistant turn."""
     out = []
     for r in read_jsonl(path, required=("messages",)):
         msgs = r["messages"]
-        if msgs[-1]["role"] != "assistant":
-            raise ValueError(f"{path}: the last message must be the assistant's, got {msgs[-1]['role']!r}")
-        prefix = tok.apply_chat_template(msgs[:-1], add_generation_prompt=True)
-        full = tok.apply_chat_template(msgs, add_generation_prompt=False)
-        if not full.startswith(prefix):
-            raise ValueError(f"{path}: the chat template does not render the conversation as prompt + answer")
-        out.append(sft_example(tok.encode(prefix), tok.encode(full[len(prefix):])))
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise ValueError(f"{path}: the last message must be the assistant's")
+        out.append(chat_example(tok, msgs[:-1], msgs[-1]["content"]))
     return out
 
 
-def meta_examples(records, by_id, tok) -> list[tuple[list[int], float]]:
-    """(meta RM input ids, label 1.0 if the judgment is correct by Eq. 10 else 0.0)."""
-    out = []
+def meta_examples(records, by_id, tok) -> tuple[list[tuple[list[int], float]], int]:
+    """(meta RM input ids, 1.0 if the judgment is correct by Eq. 10 else 0.0), and how many
+    records were skipped: greedy and hinted judgments (the paper's meta RM learns from sampled,
+    non-hinted ones) and judgments Eq. 10 cannot label (a single response judged on the 1..10
+    evaluation prompt, an item with several correct responses). Each record is graded with the
+    prompt it was sampled with (train_rft.py's: "training": true; infer_scale.py's: evaluation)."""
+    out, skipped = [], 0
     for r in records:
         item = by_id[r["item"]]
-        correct, _ = judge(item, r["order"], r["text"], r.get("finish_reason", "stop"))
+        v = grm.judge(item, r["order"], r["text"], r.get("finish_reason", "stop"), training=r.get("training", False))
+        if r.get("hinted") or r["sample"] == grm.GREEDY or v.correct is None:
+            skipped += 1
+            continue
         text = tok.apply_chat_template(meta_rm_messages(item.prompt, permute(item.responses, r["order"]), r["text"]),
                                        add_generation_prompt=False)
-        out.append((tok.encode(text), float(correct)))
-    return out
+        out.append((tok.encode(text), float(v.correct)))
+    return out, skipped
 
 
 # ---------------------------------------------------------------------------- main
@@ -233,6 +223,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed + d.rank)
     items = load_items(args.data)
+    grm.check_trainable(items)
     by_id = {str(it.id): it for it in items}
     suffix = f".rank{d.rank}" if d.world > 1 else ""
 
@@ -246,11 +237,11 @@ def main(argv=None):
     tok = load_tokenizer(args.model)
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
     if args.meta_rm:
-        records = [r for r in records if not r["hinted"]]
         if args.extra_trajectories:
-            records += list(read_jsonl(args.extra_trajectories, required=("item", "order", "text")))
-        examples = meta_examples(records, by_id, tok)
-        stats = {"examples": len(examples), "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
+            records += list(read_jsonl(args.extra_trajectories, required=("item", "sample", "order", "text")))
+        examples, skipped = meta_examples(records, by_id, tok)
+        stats = {"examples": len(examples), "skipped": skipped,
+                 "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
     else:
         accepted, stats = select(records, args.n_rft)
         examples = rft_examples(accepted, by_id, tok)

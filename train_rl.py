@@ -50,19 +50,15 @@ from pathlib import Path
 
 import torch
 
-from minigrm import distributed, training
+from minigrm import distributed, grm, training
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, item_key, load_items, read_jsonl, write_jsonl
-from minigrm.engine import Engine, sample_seed
+from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.engine import Engine
 from minigrm.grpo import group_advantages, grpo_loss
 from minigrm.kv_cache import kv_bytes_per_token
 from minigrm.optim import lr_at, make_optimizer, set_lr
-from minigrm.parser import parse_judgment
-from minigrm.prompts import grm_messages, single_response_messages
-from minigrm.rewards import rule_reward
 from minigrm.sampling import SamplingParams
 from minigrm.tokenizer import load_tokenizer
-from minigrm.voting import permute, shuffled_order, unshuffle
 
 
 def parse_args(argv=None):
@@ -104,32 +100,20 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-# ---------------------------------------------------------------------------- prompts and rewards
+# ---------------------------------------------------------------------------- prompts
 
-def render(item, tok, seed: int) -> tuple[list[int], list[int]]:
-    """-> (prompt token ids, order): the responses shown in a seeded random order."""
-    order = shuffled_order(len(item.responses), seed)
-    if item.kind == "single":
-        messages = single_response_messages(item.prompt, item.responses[0])
-    else:
-        messages = grm_messages(item.prompt, permute(item.responses, order))
-    return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True)), order
+def render(item, tok, sample, seed: int) -> tuple[list[int], list[int]]:
+    """-> (prompt token ids, order): the GRM training prompt with the responses in grm.order."""
+    order = grm.order(item, sample, seed)
+    return tok.encode(tok.apply_chat_template(grm.messages(item, order, training=True))), order
 
 
-def judge(item, order, completion) -> tuple[float, bool]:
-    """-> (rule reward ±1, valid): Eq. 10 / 11 on the scores mapped back to the original order."""
-    lo, hi = (0, 1) if item.kind == "single" else (1, 10)
-    scores = parse_judgment(completion.text, len(item.responses), lo, hi).scores
-    if completion.finish_reason != "stop":  # truncated (or a prompt the engine refused)
-        scores = None
-    return rule_reward(unshuffle(scores, order), item.truth), scores is not None
-
-
-def batch_for_step(n_items: int, step: int, per_step: int, seed: int) -> list[int]:
-    """Global item indices of a step: consecutive slices of seeded per-epoch permutations, so
-    the data position is a pure function of the step (nothing to save for a resume)."""
-    out, start = [], step * per_step
-    for pos in range(start, start + per_step):
+def items_at(positions: list[int], n_items: int, seed: int) -> list[int]:
+    """Item indices at global data positions: position p of the run is item perm_e[p % n] of
+    epoch e = p // n's seeded permutation, so the data a step sees is a pure function of the step
+    (nothing to save for a resume). Step s covers positions s * P .. (s + 1) * P - 1."""
+    out = []
+    for pos in positions:
         epoch, i = divmod(pos, n_items)
         perm = list(range(n_items))
         random.Random(seed * 1_000_003 + epoch).shuffle(perm)
@@ -143,13 +127,14 @@ def drop_too_easy(items, engine, tok, args, d, cache: Path) -> list:
         easy = set(json.loads(cache.read_text()))
     else:
         mine = d.shard(list(range(len(items))))
-        rendered = [render(items[i], tok, sample_seed(args.seed, item_key(items[i]), 1)) for i in mine]
+        rendered = [render(items[i], tok, "too-easy", args.seed) for i in mine]
         outs = engine.generate([p for p, _ in rendered], SamplingParams(n=3, temperature=args.temperature,
                                                                        max_tokens=args.max_tokens),
-                               seeds=[sample_seed(args.seed, item_key(items[i]), 2) for i in mine])
+                               seeds=[grm.stream_seed(items[i], "too-easy", args.seed) for i in mine])
         flags = [0.0] * len(items)
         for i, (_, order), samples in zip(mine, rendered, outs):
-            flags[i] = float(all(judge(items[i], order, c)[0] > 0 for c in samples))
+            flags[i] = float(all(grm.judge(items[i], order, c.text, c.finish_reason, training=True).correct
+                                 for c in samples))
         flags = d.all_sum(flags)
         easy = sorted(str(items[i].id) for i, f in enumerate(flags) if f > 0)
         if d.main:
@@ -209,8 +194,9 @@ def main(argv=None):
 
     # data: drop over-long prompts, optionally the too-easy ones
     items = load_items(args.data)
+    grm.check_trainable(items)
     n_all = len(items)
-    items = [it for it in items if len(render(it, tok, 0)[0]) <= args.max_prompt_tokens]
+    items = [it for it in items if len(render(it, tok, 0, args.seed)[0]) <= args.max_prompt_tokens]
     if d.main and len(items) < n_all:
         print(f"dropped {n_all - len(items)} of {n_all} items with prompts over {args.max_prompt_tokens} tokens")
     if args.drop_too_easy:
@@ -230,16 +216,17 @@ def main(argv=None):
         for step in range(start, args.steps):
             t0 = time.time()
             # 1. rollout: this rank's share of the step's prompts, G judgments each
-            batch = d.shard(batch_for_step(len(items), step, args.prompts_per_step, args.seed))
-            mine = [items[i] for i in batch]
-            rendered = [render(it, tok, sample_seed(args.seed, item_key(it), step)) for it in mine]
+            positions = d.shard(list(range(step * args.prompts_per_step, (step + 1) * args.prompts_per_step)))
+            mine = [items[i] for i in items_at(positions, len(items), args.seed)]
+            rendered = [render(it, tok, pos, args.seed) for it, pos in zip(mine, positions)]
             params = SamplingParams(n=G, temperature=args.temperature, max_tokens=args.max_tokens)
             with training.full_weights(policy):
                 outs = engine.generate([p for p, _ in rendered], params,
-                                       seeds=[sample_seed(args.seed + 1, step, i) for i in batch])
-            # 2. rewards: outputs of one prompt are adjacent, as group_advantages wants them
-            judged = [judge(it, order, c) for it, (_, order), samples in zip(mine, rendered, outs) for c in samples]
-            rewards = torch.tensor([r for r, _ in judged])
+                                       seeds=[grm.stream_seed(it, pos, args.seed) for it, pos in zip(mine, positions)])
+            # 2. rewards (Eq. 10 / 11): outputs of one prompt are adjacent, as group_advantages wants them
+            judged = [grm.judge(it, order, c.text, c.finish_reason, training=True)
+                      for it, (_, order), samples in zip(mine, rendered, outs) for c in samples]
+            rewards = torch.tensor([v.reward for v in judged])
             # 3. advantages
             adv, frac_zero_std = group_advantages(rewards, G)
             seqs = [(p + c.token_ids, len(p)) for (p, _), samples in zip(rendered, outs) for c in samples]
@@ -277,7 +264,7 @@ def main(argv=None):
             m = training.reduce_metrics(d, {
                 "loss": (sums["loss"], 1.0), "reward_mean": (float(rewards.sum()), n),
                 "frac_reward_zero_std": (frac_zero_std * groups, groups),
-                "invalid_rate": (float(sum(not v for _, v in judged)), n),
+                "invalid_rate": (float(sum(not v.valid for v in judged)), n),
                 "length": (float(sum(len(c.token_ids) for s in outs for c in s)), n),
                 "truncated_rate": (float(sum(c.finish_reason == "length" for s in outs for c in s)), n),
                 "kl": (sums["kl"], sums["tokens"]), "clip_frac": (sums["clip_frac"], sums["tokens"]),

@@ -7,7 +7,9 @@
     outs = engine.generate(prompts, minigrm.SamplingParams(n=8, temperature=0.5, max_tokens=1024, seed=0))
     judgment = minigrm.parse_judgment(outs[0][0].text, 2)     # 2 responses
     minigrm.is_correct(judgment.scores, truth=[1, 0])
+    # the whole GRM step on a data item (order, prompt, parse, un-shuffle, Eq. 10 / 11): minigrm.grm
 """
+from . import grm
 from .checkpoint import load_model, save_model
 from .config import ModelConfig
 from .engine import Engine

@@ -5,6 +5,7 @@ Contract:
     reject_non_hinted([c_1..c_N]) -> Rejection(kept, too_easy)   N_RFT = 3 in the paper
     reject_hinted(correct) -> bool                                keep iff correct
     sft_example(prompt_ids, output_ids) -> (input_ids, loss_mask)  Python lists
+    chat_example(tok, messages, answer_text) -> (input_ids, loss_mask) in tok's template
     length_grouped(lengths, max_tokens) -> [[example index, ...], ...]
     sft_batches(examples, max_tokens_per_batch, pad_id) -> [(input_ids, loss_mask) (B, T)]
     sft_loss(model, input_ids, loss_mask) -> mean NLL over target tokens (0-d fp32)
@@ -57,6 +58,20 @@ def sft_example(prompt_ids: list[int], output_ids: list[int]) -> tuple[list[int]
     input_ids = list(prompt_ids) + list(output_ids)
     loss_mask = [False] * len(prompt_ids) + [True] * len(output_ids)
     return input_ids, loss_mask
+
+
+def chat_example(tok, messages: list[dict], answer: str) -> tuple[list[int], list[bool]]:
+    """A conversation and the assistant's answer TEXT -> (input_ids, loss_mask) in `tok`'s own
+    chat template and vocabulary: the prompt is `messages` with the generation prompt, the
+    targets are the answer and whatever the template closes the turn with (end-of-turn token).
+    Re-encoding the text (rather than reusing a sampler's token ids) is what lets RFT data come
+    from a sampler with another tokenizer."""
+    prefix = tok.apply_chat_template(messages, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
+    if not full.startswith(prefix):
+        raise ValueError("the chat template does not render the conversation as prompt + answer; "
+                         "pass a template that does (--chat-template)")
+    return sft_example(tok.encode(prefix), tok.encode(full[len(prefix):]))
 
 
 def length_grouped(lengths: list[int], max_tokens: int) -> list[list[int]]:

@@ -6,6 +6,8 @@ that decides correctness from (item, sample) to control what is accepted."""
 import json
 import os
 import signal
+import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from safetensors.torch import load_file
 import minigrm
 import train_rft
 from minigrm.data import load_items, read_jsonl
+from minigrm.grm import Verdict
 from minigrm.meta_rm import load_meta_rm
 from minigrm.tokenizer import load_tokenizer
 from test_train_rl import tiny_deepseek  # noqa: F401 (fixture)
@@ -44,9 +47,10 @@ def test_rejection_accounting_on_constructed_trajectories():
     assert stats["hinted_acceptance_rate"] == 0.5 and stats["non_hinted_correct_rate"] == pytest.approx(4 / 9)
 
 
-def fake_judge(item, order, text, finish_reason="stop"):
-    """Items 1 and 2 (pairs): judged right when response 0 (the chosen) is shown first."""
-    return (item.id in (1, 2) and order[0] == 0), True
+def fake_judge(item, order, text, finish_reason="stop", training=False):
+    """Items 1 and 2 (pairs): judged right on about half their samples (a hash of the text)."""
+    right = item.id in (1, 2) and zlib.crc32(text.encode()) % 2 == 1
+    return Verdict([1] * len(item.responses), None, right, 1.0 if right else -1.0)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def data(tmp_path_factory):
 
 
 def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
                                              {"role": "assistant", "content": "Hello!"}]}) + "\n")
@@ -64,9 +68,9 @@ def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
     records = list(read_jsonl(out / "trajectories.jsonl"))
     # 3 non-hinted samples per item, one hinted sample for each of the 3 multi-response items
     assert len(records) == 4 * 3 + 3 and sum(r["hinted"] for r in records) == 3
-    assert all(len(r["output_ids"]) <= 12 and r["order"] for r in records)
+    assert all(r["tokens"] <= 12 and r["order"] and r["training"] for r in records)
     items = {str(it.id): it for it in load_items(data)}
-    expected, _ = train_rft.select([dict(r, correct=fake_judge(items[r["item"]], r["order"], "")[0])
+    expected, _ = train_rft.select([dict(r, correct=fake_judge(items[r["item"]], r["order"], r["text"]).correct)
                                     for r in records], 3)
     stats = json.loads((out / "rejection.json").read_text())
     assert stats["accepted"] == len(expected) > 0 and stats["sft_data_examples"] == 1
@@ -86,8 +90,8 @@ def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
     (prompt_and_output, mask), = train_rft.rft_examples(hinted, items, tok)
     text = tok.decode(prompt_and_output)
     assert "The best response is" not in text
-    assert prompt_and_output[-len(hinted[0]["output_ids"]):] == hinted[0]["output_ids"]
-    assert sum(mask) == len(hinted[0]["output_ids"])
+    target = tok.decode([t for t, m in zip(prompt_and_output, mask) if m])
+    assert target == hinted[0]["text"] + "<|im_end|>\n"  # the judgment's text and the template's end of turn
     assert "The best response is" in tok.decode(train_rft.prompt_ids(tok, items[hinted[0]["item"]],
                                                                      hinted[0]["order"], hint=True))
 
@@ -102,7 +106,7 @@ def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
 
 
 def test_sft_resume_equals_uninterrupted(tiny_model, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
     args = ["--max-tokens-per-batch", "1200", "--epochs", "2", "--save-every", "100"]
     full = tmp_path / "full"
     train_rft.main(common(tiny_model, data, full) + args)
@@ -129,16 +133,17 @@ def test_sft_resume_equals_uninterrupted(tiny_model, data, tmp_path, monkeypatch
 
 
 def test_meta_rm_mode(tiny_model, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
     out = tmp_path / "meta"
     extra = tmp_path / "extra.jsonl"
-    extra.write_text(json.dumps({"item": "1", "order": [0, 1], "text": "Scores: \\boxed{9, 2}"}) + "\n")
+    extra.write_text(json.dumps({"item": "1", "sample": 0, "order": [0, 1], "text": "Scores: \\boxed{9, 2}"}) + "\n"
+                     + json.dumps({"item": "1", "sample": "greedy", "order": [0, 1], "text": "x"}) + "\n")
     train_rft.main(common(tiny_model, data, out) + ["--meta-rm", "--extra-trajectories", str(extra),
                                                     "--max-tokens-per-batch", "600", "--epochs", "3"])
     records = list(read_jsonl(out / "trajectories.jsonl"))
     assert not any(r["hinted"] for r in records) and len(records) == 12  # meta RM data: non-hinted only
     stats = json.loads((out / "meta_data.json").read_text())
-    assert stats["examples"] == 13 and 0 < stats["positive_rate"] < 1
+    assert stats["examples"] == 13 and stats["skipped"] == 1 and 0 < stats["positive_rate"] < 1  # greedy left out
     log = list(read_jsonl(out / "log.jsonl"))
     assert log[-1]["loss"] < log[0]["loss"]  # BCE goes down on its own training data
     ckpt = out / f"checkpoint-{log[-1]['step']}"
@@ -157,7 +162,7 @@ def test_meta_rm_mode(tiny_model, data, tmp_path, monkeypatch):
 
 def test_rft_on_deepseek_v2(tiny_deepseek, data, tmp_path, monkeypatch):  # noqa: F811
     """Rejective sampling from the latent KV cache and SFT through MLA and the experts."""
-    monkeypatch.setattr(train_rft, "judge", fake_judge)
+    monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
     torch.set_num_threads(1)
     out = tmp_path / "ds"
     train_rft.main(common(tiny_deepseek, data, out) + ["--max-tokens-per-batch", "1500"])
@@ -172,3 +177,25 @@ def test_rft_on_deepseek_v2(tiny_deepseek, data, tmp_path, monkeypatch):  # noqa
     for name in ("self_attn.kv_a_proj_with_mqa.weight", "mlp.shared_experts.down_proj.weight"):
         assert not torch.equal(ours.get_parameter(f"model.layers.1.{name}"),
                                before.get_parameter(f"model.layers.1.{name}")), name
+
+
+def test_a_sampler_with_another_vocabulary_gives_text_targets(tiny_model, data, tmp_path, monkeypatch):
+    """GRM_SPEC §4 samples RFT data from a stronger model: here the demo GRM (a 2k BPE vocabulary)
+    samples for the SmolLM2-vocabulary student; the SFT targets are its TEXT in the student's tokens."""
+    calls = []
+
+    def every_other(item, order, text, finish_reason="stop", training=False):
+        calls.append(text)
+        return Verdict([1] * len(item.responses), None, len(calls) % 2 == 0, 0.0)
+    monkeypatch.setattr(train_rft.grm, "judge", every_other)
+    sampler = Path(train_rft.__file__).resolve().parent / "minigrm" / "demo" / "grm"
+    out = tmp_path / "cross"
+    train_rft.main(common(tiny_model, data, out) + ["--sampler", str(sampler), "--max-tokens-per-batch", "1500"])
+    records = list(read_jsonl(out / "trajectories.jsonl"))
+    accepted, _ = train_rft.select(records, 3)
+    tok = load_tokenizer(tiny_model)
+    items = {str(it.id): it for it in load_items(data)}
+    for (ids, mask), r in zip(train_rft.rft_examples(accepted, items, tok), accepted):
+        assert max(ids) < 49152
+        assert tok.decode([t for t, m in zip(ids, mask) if m]) == r["text"] + "<|im_end|>\n"
+    assert all(r["loss"] > 0 for r in read_jsonl(out / "log.jsonl"))

@@ -1,8 +1,8 @@
 """train_rl.py end to end on a tiny model with a real tokenizer: logs, checkpoints, Ctrl-C,
 exact resume, too-easy filtering, and 2-process DDP / FSDP2 runs equal to one process.
 
-A random tiny model never writes a valid judgment, so most tests swap `train_rl.judge` for a
-deterministic fake (reward from a hash of the sampled tokens) to get non-zero advantages."""
+A random tiny model never writes a valid judgment, so most tests swap `grm.judge` for a
+deterministic fake (reward from a hash of the sampled text) to get non-zero advantages."""
 import json
 import os
 import shutil
@@ -19,13 +19,16 @@ from safetensors.torch import load_file
 import minigrm
 import train_rl
 from minigrm.data import read_jsonl
+from minigrm.grm import Verdict
 from test_training import TOKENIZER_FILES, one_thread, tiny_model, write_items  # noqa: F401 (fixtures)
 
 ROOT = Path(train_rl.__file__).resolve().parent
 FAKE_JUDGE = '''
-def fake_judge(item, order, completion):
+def fake_judge(item, order, text, finish_reason="stop", training=False):
     import zlib
-    return (1.0 if zlib.crc32(str(completion.token_ids).encode()) % 2 else -1.0), True
+    from minigrm.grm import Verdict
+    right = bool(zlib.crc32(text.encode()) % 2)
+    return Verdict([1] * len(item.responses), None, right, 1.0 if right else -1.0)
 '''
 exec(FAKE_JUDGE)  # defines fake_judge here; the subprocess wrapper below execs the same text
 
@@ -50,7 +53,7 @@ def full_run(tiny_model, data, tmp_path_factory):
     """4 uninterrupted steps with the fake judge (shared by several tests)."""
     out = tmp_path_factory.mktemp("full")
     mp = pytest.MonkeyPatch()
-    mp.setattr(train_rl, "judge", fake_judge)
+    mp.setattr(train_rl.grm, "judge", fake_judge)
     torch.set_num_threads(1)
     train_rl.main(common(tiny_model, data, out) + ["--save-every", "2", "--keep-last", "0"])
     mp.undo()
@@ -81,20 +84,20 @@ def test_logs_metrics_and_saves_loadable_checkpoints(full_run, tiny_model):
 
 
 def test_ctrl_c_saves_and_resume_equals_uninterrupted(full_run, tiny_model, data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_rl, "judge", fake_judge)
-    real_batch = train_rl.batch_for_step
+    monkeypatch.setattr(train_rl.grm, "judge", fake_judge)
+    real_items_at = train_rl.items_at
 
-    def interrupt_in_step_2(n, step, per_step, seed):
-        if step == 1:
+    def interrupt_in_step_2(positions, n, seed):
+        if positions[0] == 2:  # step 2 covers data positions 2 and 3
             os.kill(os.getpid(), signal.SIGINT)  # the guard lets step 2 finish, then saves
-        return real_batch(n, step, per_step, seed)
+        return real_items_at(positions, n, seed)
 
-    monkeypatch.setattr(train_rl, "batch_for_step", interrupt_in_step_2)
+    monkeypatch.setattr(train_rl, "items_at", interrupt_in_step_2)
     train_rl.main(common(tiny_model, data, tmp_path) + ["--save-every", "100"])
     assert [r["step"] for r in log(tmp_path)] == [1, 2]
     assert training_latest(tmp_path) == "checkpoint-2"
 
-    monkeypatch.setattr(train_rl, "batch_for_step", real_batch)
+    monkeypatch.setattr(train_rl, "items_at", real_items_at)
     train_rl.main(common(tiny_model, data, tmp_path) + ["--resume"])
     resumed, full = log(tmp_path), log(full_run)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
@@ -118,8 +121,11 @@ def test_real_judge_counts_invalid_and_drops_too_easy(tiny_model, data, tmp_path
 
     # an item the (fake) reference judge gets right 3/3 is dropped before training
     seen = []
-    monkeypatch.setattr(train_rl, "judge", lambda item, order, c: (seen.append(item.id) or
-                                                                    (1.0 if item.id == 2 else -1.0), True))
+
+    def judge(item, order, text, finish_reason="stop", training=False):
+        seen.append(item.id)
+        return Verdict([1], None, item.id == 2, 1.0 if item.id == 2 else -1.0)
+    monkeypatch.setattr(train_rl.grm, "judge", judge)
     train_rl.main(common(tiny_model, data, tmp_path / "easy", steps=1) + ["--drop-too-easy"])
     assert json.loads((tmp_path / "easy" / "too_easy.json").read_text()) == ["2"]
     # filtering: 3 samples of item 2, one of each other item (all() stops at the first miss);
@@ -133,7 +139,7 @@ def test_two_processes_equal_one(full_run, tiny_model, data, tmp_path, fsdp):
     single-process run (each prompt's samples are seeded by its global index)."""
     wrapper = tmp_path / "run.py"  # train_rl.py with the fake judge swapped in
     wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
-                       "train_rl.judge = fake_judge\ntrain_rl.main()\n")
+                       "train_rl.grm.judge = fake_judge\ntrain_rl.main()\n")
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper),
            *common(tiny_model, data, out, steps=2), "--save-every", "2"] + (["--fsdp"] if fsdp else [])
@@ -178,7 +184,7 @@ def tiny_deepseek(smollm2_path, tmp_path_factory):
 def deepseek_run(tiny_deepseek, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("deepseek-run")
     mp = pytest.MonkeyPatch()
-    mp.setattr(train_rl, "judge", fake_judge)
+    mp.setattr(train_rl.grm, "judge", fake_judge)
     torch.set_num_threads(1)
     train_rl.main(common(tiny_deepseek, data, out, steps=2) + ["--grad-checkpointing"])
     mp.undo()
@@ -207,7 +213,7 @@ def test_deepseek_v2_fsdp2_equals_one_process(deepseek_run, tiny_deepseek, data,
     reduce-scatter (and DDP's all-reduce) see the same tensors on every rank."""
     wrapper = tmp_path / "run.py"
     wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
-                       "train_rl.judge = fake_judge\ntrain_rl.main()\n")
+                       "train_rl.grm.judge = fake_judge\ntrain_rl.main()\n")
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper),
            *common(tiny_deepseek, data, out, steps=2), "--fsdp"]

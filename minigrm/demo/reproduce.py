@@ -21,7 +21,6 @@ interrupted run resumes stage by stage):
 """
 import argparse
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -29,11 +28,12 @@ import infer_scale
 import train_rft
 import train_rl
 
+from .. import grm
 from ..data import load_items, read_jsonl, write_jsonl
-from ..prompts import grm_prompt, single_response_prompt
+from ..report import markdown_table
 from ..tokenizer import load_tokenizer
 from ..training import latest_checkpoint
-from ..voting import permute, shuffled_order
+from ..voting import permute
 from . import task
 from .base_model import pretrain, train_tokenizer
 
@@ -44,19 +44,17 @@ QUICK = dict(n_train=24, n_test=6, texts=600, vocab=400, pretrain_steps=4, rft_e
 
 
 def teacher_corpus(items, seed: int) -> list[dict]:
-    """Chat records {"messages": [user: GRM prompt, assistant: teacher judgment]}, responses
-    shuffled; a single also gets the 0/1 prompt that training uses for singles."""
-    rng = random.Random(seed)
-    chat = lambda user, assistant: {"messages": [{"role": "user", "content": user},  # noqa: E731
-                                                 {"role": "assistant", "content": assistant}]}
+    """Chat records {"messages": [user: GRM prompt, assistant: teacher judgment]}, responses in
+    grm.order; a single also gets the 0/1 prompt that training uses for singles."""
     out = []
     for it in items:
-        order = shuffled_order(len(it.responses), rng.randrange(2**31))
+        order = grm.order(it, "teacher", seed)
         shown = permute(it.responses, order)
-        out.append(chat(grm_prompt(it.prompt, shown), task.teacher_judgment(it.prompt, shown)))
+        out.append({"messages": grm.messages(it, order) + [
+            {"role": "assistant", "content": task.teacher_judgment(it.prompt, shown)}]})
         if it.kind == "single":
-            out.append(chat(single_response_prompt(it.prompt, shown[0]),
-                            task.teacher_judgment_binary(it.prompt, shown[0])))
+            out.append({"messages": grm.messages(it, order, training=True) + [
+                {"role": "assistant", "content": task.teacher_judgment_binary(it.prompt, shown[0])}]})
     return out
 
 
@@ -121,12 +119,7 @@ def main(argv=None):
                           *extra, *(["--device", "cpu"] if args.quick else [])])
         rows = json.loads((eval_out / "results.json").read_text())
         tables.append((name, rows))
-    lines = ["| model | setting | accuracy | strict | invalid |", "|---|---|---|---|---|"]
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    for name, rows in tables:
-        for r in rows:
-            lines.append(f"| {name} | {r['setting']} | {pct(r['accuracy'])} | {pct(r['accuracy_strict'])} | "
-                         f"{pct(r['invalid_rate'])} |")
+    lines = markdown_table(tables)
     lines += ["", "RFT rejective sampling (from the base model): "
               + json.dumps(json.loads((out / "rft" / "rejection.json").read_text())), "", *rl_curve(out / "rl" / "log.jsonl")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
