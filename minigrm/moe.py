@@ -163,8 +163,8 @@ class MoE(nn.Module):
             N, E = scores.shape
             best = scores.view(N, self.n_group, E // self.n_group).amax(dim=-1)  # (N, G): each group's best
             chosen = best.topk(self.topk_group, dim=-1).indices  # (N, topk_group)
-            keep = torch.zeros_like(best, dtype=torch.bool).scatter_(1, chosen, True)
-            scores = scores.masked_fill(~keep.repeat_interleave(E // self.n_group, dim=1), 0.0)
+            keep = torch.zeros_like(best, dtype=torch.bool).scatter_(1, chosen, True)  # (N, G)
+            scores = scores.masked_fill(~keep[:, :, None].expand(-1, -1, E // self.n_group).reshape(N, E), 0.0)
         weights, experts = scores.topk(self.top_k, dim=-1)
         return weights * self.scaling, experts
 
@@ -179,8 +179,10 @@ class MoE(nn.Module):
         h = x[order // k]  # (A, C) each sorted assignment's token
         gate, up = torch._grouped_mm(h, gate_up.transpose(1, 2), offs=ends).chunk(2, dim=-1)  # (A, I) each
         out = torch._grouped_mm(F.silu(gate) * up, down.transpose(1, 2), offs=ends)  # (A, C)
-        back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=x.device))  # sorted row of each assignment
-        return (out[back].view(N, k, -1).float() * weights[..., None]).sum(dim=1)  # weighted in fp32, as HF
+        back = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=x.device))  # (A,)
+        # back[a]: the sorted row of assignment a = n * k + j; the k rows of a token are summed
+        # in a fixed order (no atomics: deterministic), weighted in fp32 as HF
+        return (out[back].view(N, k, -1).float() * weights[..., None]).sum(dim=1)
 
     def dispatch_loop(self, x, weights, experts):
         """The readable twin of `dispatch_grouped` (host sync for the chunk sizes). -> (N, C)."""
@@ -192,3 +194,40 @@ class MoE(nn.Module):
         out = torch.cat([self.experts(h, e) if len(h) else h for e, h in enumerate(chunks)])  # (N*k, C)
         out = (out * weights.flatten()[order, None]).to(x.dtype)  # weighted in fp32, as HF
         return torch.zeros_like(x).index_add_(0, token, out)
+
+
+if __name__ == "__main__":  # python -m minigrm.moe: one V2-Lite MoE layer, grouped vs loop
+    import time
+    from types import SimpleNamespace
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dt = torch.bfloat16 if dev == "cuda" else torch.float32
+    c = SimpleNamespace(num_experts_per_tok=6, routed_scaling_factor=1.0, topk_method="greedy", n_group=1,
+                        topk_group=1, hidden_size=2048, n_routed_experts=64, moe_intermediate_size=1408,
+                        n_shared_experts=2, hidden_act="silu", mlp_bias=False, intermediate_size=0)
+    with torch.device(dev):
+        moe = MoE(c).to(dt).requires_grad_(False)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    for n in (1, 64, 256):
+        x = torch.randn(n, 2048, device=dev, dtype=dt)
+        for grouped in (True, False):
+            moe.grouped = grouped
+            moe(x)
+            with _Ops() as ops:
+                moe(x)
+            sync()
+            t = time.perf_counter()
+            for _ in range(5):
+                moe(x)
+            sync()
+            ms = (time.perf_counter() - t) / 5 * 1e3
+            print(f"{dev} {dt} tokens={n:3d} {'grouped' if grouped else 'loop':7s} {ms:8.2f} ms  {ops.n:4d} aten ops")

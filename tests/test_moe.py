@@ -91,9 +91,11 @@ def test_grouped_dispatch_equals_loop_in_bf16():
         torch.testing.assert_close(grads[name], grads_ref[name], **tol)
 
 
-def test_grouped_dispatch_never_syncs(monkeypatch):
-    """No .item() / .tolist() / data-sized op in the fast path; the same check catches the loop."""
-    moe = moe_layer().requires_grad_(False)
+@pytest.mark.parametrize("cfg", [{}, dict(topk_method="group_limited_greedy", n_group=4, topk_group=2)])
+def test_grouped_dispatch_never_syncs(monkeypatch, cfg):
+    """No .item() / .tolist() / data-sized op in routing and the fast path; the same check
+    catches the loop."""
+    moe = moe_layer(**cfg).requires_grad_(False)
     x = tokens(10, 32, seed=4)
 
     def refuse(self, *a):
