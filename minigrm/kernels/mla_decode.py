@@ -24,11 +24,12 @@ MQA with one 576-wide KV head, and its bytes per token are 1152 in bf16 against 
 log-sum-exp) pairs: paged_attention.py's merge kernel, with D = R.
 
 Sizes for H100/H200 (sm_90): BLOCK_H = 16 (the smallest mma M), R = 512 and Dr = 64 whole in
-one program (padded to powers of two), BLOCK_N = 32 tokens per tile: the (16, 512) fp32
-accumulator takes 64 registers per thread at 4 warps, the 16 x 576 query another ~36, and a
-tile of 32 rows is 36 KB of shared memory per pipeline stage (2 stages: 72 KB of 228 KB).
-The split count comes from shapes alone (no host sync), the grid from tensor shapes: the
-launch can be captured in a CUDA graph. With H > 16 (V2-236B: 128) each group of 16 heads
+one program (padded to powers of two), BLOCK_N = 32 tokens per tile, 8 warps. Compiled for
+sm_90 with triton 3.9 (ptxas resource usage, bf16): 170 registers per thread, no spill, 66 KB
+of shared memory; 4 warps would need 255 registers and spill, BLOCK_N = 64 would need 250 and
+114 KB. The merge of up to 64 splits of 512 floats runs on 8 warps beyond 32 splits (4 warps
+spill there). The split count comes from shapes alone (no host sync), the grid from tensor
+shapes: the launch can be captured in a CUDA graph. With H > 16 (V2-236B: 128) each group of 16 heads
 reads the rows again; FlashMLA's 64-head wgmma tiles avoid that and are not reproduced here.
 Tested on CPU by the Triton interpreter (tests/test_kernels_mla.py) against the torch twin.
 """
@@ -137,11 +138,12 @@ def mla_decode_attention_triton(q, cache, block_tables, context_lens, scale, ran
         R=rank, DR=D - rank, PAGE=page, BLOCK_H=BLOCK_H, BLOCK_R=BLOCK_R, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         WRITE_LSE=S > 1, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and q.dtype != torch.float32,
-        num_warps=4, num_stages=2,
+        num_warps=8 if BLOCK_R >= 256 else 4, num_stages=2,
     )
     if S > 1:
+        BLOCK_S = triton.next_power_of_2(S)
         _merge_kernel[(B, H)](o, lse, out, *so, *sl, out.stride(0), out.stride(1), S,
-                              D=rank, BLOCK_S=triton.next_power_of_2(S), BLOCK_D=BLOCK_R, num_warps=4)
+                              D=rank, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_R, num_warps=8 if BLOCK_S * BLOCK_R > 16384 else 4)
     return out
 
 
