@@ -5,6 +5,10 @@ against the model's before reading a byte of weights, then streams tensor by ten
 read, cast to the requested dtype, moved to the device and assigned in place of its meta
 parameter. Peak memory is the model in its final dtype plus one tensor, never two copies.
 
+Routed MoE experts are stacked in memory (moe.py, `experts.gate_up_proj` (E, 2I, C)) but
+named one by one in checkpoints (`experts.7.gate_proj.weight`): each is copied into its slice
+on loading and split off (a view) on saving, so files keep the released names.
+
 Saving writes what `save_pretrained` writes: config.json, `model.safetensors` or numbered
 shards with `model.safetensors.index.json`, and the tokenizer files of a source folder.
 """
@@ -18,6 +22,7 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .model import CausalLM
+from .moe import checkpoint_names, packed_slot
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -42,7 +47,7 @@ def weight_files(path: Path) -> dict[str, Path]:
 
 
 def expected_keys(model: CausalLM) -> set[str]:
-    keys = set(model.state_dict().keys())
+    keys = set(checkpoint_names(model.state_dict()).keys())
     if model.config.tie_word_embeddings and not model.config.is_classifier:
         keys.discard("lm_head.weight")  # tied to model.embed_tokens.weight
     return keys
@@ -79,6 +84,9 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> Causal
 
 
 def _assign(model: CausalLM, key: str, tensor: torch.Tensor, dtype, device) -> None:
+    slot = packed_slot(key)
+    if slot is not None:  # one expert's matrix: into its slice of the stacked parameter
+        return _assign_packed(model, *slot, tensor, dtype, device)
     module_name, _, name = key.rpartition(".")
     module = model.get_submodule(module_name)
     current = getattr(module, name)
@@ -92,11 +100,26 @@ def _assign(model: CausalLM, key: str, tensor: torch.Tensor, dtype, device) -> N
         setattr(module, name, value)
 
 
+def _assign_packed(model, key: str, expert: int, half, tensor, dtype, device) -> None:
+    module_name, _, name = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    stacked = getattr(module, name)  # (E, rows, cols)
+    if stacked.is_meta:  # the first expert of this tensor: allocate it, every slice gets filled
+        stacked = torch.nn.Parameter(torch.empty(stacked.shape, dtype=dtype, device=device),
+                                     requires_grad=stacked.requires_grad)
+        setattr(module, name, stacked)
+    target = stacked.data[expert] if half is None else stacked.data[expert].chunk(2, dim=0)[half]
+    if tuple(target.shape) != tuple(tensor.shape):
+        raise ValueError(f"shape mismatch for {module_name}.{expert}: checkpoint has {tuple(tensor.shape)}, "
+                         f"config implies {tuple(target.shape)}")
+    target.copy_(tensor)
+
+
 def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write an HF folder that transformers and minigrm both load (tied head stored once)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_names(model.state_dict()).items()
              if k in expected_keys(model)}
     dtype = next(iter(state.values())).dtype
     config = dict(model.config.raw)
@@ -105,12 +128,12 @@ def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int =
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     shards = _shard(state, max_shard_bytes)
     if len(shards) == 1:
-        save_file(shards[0], path / SINGLE, metadata={"format": "pt"})
+        save_file(_own_storage(shards[0]), path / SINGLE, metadata={"format": "pt"})
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, path / name, metadata={"format": "pt"})
+            save_file(_own_storage(shard), path / name, metadata={"format": "pt"})
             weight_map.update({k: name for k in shard})
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -120,6 +143,11 @@ def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int =
             if (Path(tokenizer_dir) / name).exists():
                 shutil.copy2(Path(tokenizer_dir) / name, path / name)
     return path
+
+
+def _own_storage(shard: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory: copy the experts' slices, one shard at a time."""
+    return {k: t.clone() if t._base is not None else t for k, t in shard.items()}
 
 
 def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
