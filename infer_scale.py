@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 import minigrm
-from minigrm import distributed, grm, runs
+from minigrm import cli, distributed, grm, runs
 from minigrm.data import append_jsonl, load_items, read_results
 from minigrm.engine import Engine
 from minigrm.evaluate import summarize
-from minigrm.meta_rm import load_meta_rm
+from minigrm.meta_rm import check_meta_rm_folder, load_meta_rm
 from minigrm.report import print_table, write_results
 from minigrm.sampling import SamplingParams
 from minigrm.voting import k_meta_for, permute, voting_at_k
@@ -44,30 +44,43 @@ GREEDY = grm.GREEDY
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(DEMO / "grm"), help="GRM: an HF folder (default: the demo GRM)")
-    ap.add_argument("--meta-rm", default=None, help="meta RM folder (default: the demo meta RM with the demo GRM)")
+    ap.add_argument("--model", default=str(DEMO / "grm"), type=cli.existing_folder,
+                    help="GRM: an HF folder (default: the demo GRM)")
+    ap.add_argument("--meta-rm", default=None, type=cli.existing_folder,
+                    help="meta RM folder (default: the demo meta RM with the demo GRM)")
     ap.add_argument("--no-meta-rm", action="store_true", help="skip MetaRM@k")
     ap.add_argument("--data", nargs="+", default=[str(DEMO / "data" / "test.jsonl")],
                     help="JSONL / JSON files or folders of pairs, lists, singles, RMB or RewardBench 2 records")
     ap.add_argument("--out", default="out/infer_scale", help="output folder (resumes if it holds this run)")
-    ap.add_argument("--k-max", type=int, default=16, help="judgments sampled per item")
-    ap.add_argument("--temperature", type=float, default=0.5, help="sampling temperature (paper: 0.5)")
-    ap.add_argument("--max-tokens", type=int, default=1024,
+    ap.add_argument("--k-max", type=cli.positive_int, default=16, help="judgments sampled per item")
+    ap.add_argument("--temperature", type=cli.nonneg_float, default=0.5, help="sampling temperature (paper: 0.5)")
+    ap.add_argument("--max-tokens", type=cli.positive_int, default=1024,
                     help="max tokens per judgment (a longer one is invalid, counted as truncated)")
-    ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    ap.add_argument("--limit", type=cli.nonneg_int, default=None, help="evaluate only the first N items")
     ap.add_argument("--seed", type=int, default=0, help="seed of shuffles, samples and tie-breaks")
-    ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--chunk", type=int, default=64, help="items sampled together (bounds memory, not results)")
-    ap.add_argument("--max-num-seqs", type=int, default=256, help="sequences decoded together (engine batch)")
+    ap.add_argument("--dtype", default=None, type=cli.dtype_name,
+                    help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--device", default=None, type=cli.device_name, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--chat-template", default=None,
+                    help="chat template family for a folder whose template is not recognised (e.g. chatml)")
+    ap.add_argument("--chunk", type=cli.positive_int, default=64, help="items sampled together (bounds memory)")
+    ap.add_argument("--max-num-seqs", type=cli.positive_int, default=256, help="sequences decoded together")
     ap.add_argument("--by-subset", action="store_true", help="print every subset's rows (default: up to 8 subsets)")
-    ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    ap.add_argument("--n-boot", type=cli.positive_int, default=1000, help="bootstrap resamples for the 95%% intervals")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.meta_rm is None and not args.no_meta_rm and args.model == str(DEMO / "grm"):
         args.meta_rm = str(DEMO / "meta_rm")
     if args.no_meta_rm:
         args.meta_rm = None
+    for p in args.data:
+        if not Path(p).exists():
+            ap.error(f"--data: {p} not found")
+    if args.meta_rm:
+        try:
+            check_meta_rm_folder(args.meta_rm)
+        except ValueError as e:
+            ap.error(f"--meta-rm: {e}")
     return args
 
 
@@ -84,25 +97,24 @@ def model_dtype(args, d) -> torch.dtype:
 
 def settings_of(args, d) -> dict:
     """What shapes the judgments and meta rewards on disk (runs.claim refuses a mismatch)."""
-    return {"model": str(Path(args.model).resolve()), "model_hash": runs.fingerprint(args.model),
-            "data": [str(Path(p).resolve()) for p in args.data], "data_hash": [runs.fingerprint(p) for p in args.data],
-            "meta_rm": args.meta_rm and str(Path(args.meta_rm).resolve()),
-            "meta_rm_hash": args.meta_rm and runs.fingerprint(args.meta_rm), "seed": args.seed,
-            "temperature": args.temperature, "max_tokens": args.max_tokens, "dtype": str(model_dtype(args, d))}
+    ignore = ("out", "k_max", "limit", "chunk", "max_num_seqs", "by_subset", "n_boot", "no_progress", "device",
+              "no_meta_rm", "dtype")
+    return {**cli.recorded_settings(args, ("model", "data", "meta_rm"), ignore), "dtype": str(model_dtype(args, d))}
 
 
 # ---------------------------------------------------------------------------- sampling
 
 def sample_judgments(items, args, d, path) -> None:
     """Append every missing (item, sample) judgment to `path`, as each one finishes."""
-    done = {(r["item"], r["sample"]) for r in read_results(path)}
+    done = {(r["item"], r["sample"]) for r in read_results(path, required=("item", "sample"))}
     todo = [(it, s) for it in items for s in [GREEDY, *range(args.k_max)] if (str(it.id), s) not in done]
     print(f"[rank {d.rank}] {len(done)} judgments on disk, {len(todo)} to sample", flush=True)
     if not todo:
         return
     model = minigrm.load_model(args.model, dtype=model_dtype(args, d), device=d.device)
-    tok = minigrm.load_tokenizer(args.model)
+    tok = minigrm.load_tokenizer(args.model, chat_template=args.chat_template)
     engine = Engine(model, tok, max_num_seqs=args.max_num_seqs, progress=not args.no_progress)
+    refused = []
     per_chunk = args.chunk * (args.k_max + 1)
     for start in range(0, len(todo), per_chunk):
         chunk = todo[start:start + per_chunk]
@@ -119,9 +131,13 @@ def sample_judgments(items, args, d, path) -> None:
                 v = grm.judge(item, orders[i], c.text, c.finish_reason)
                 append_jsonl(path, {"item": str(item.id), "sample": sample, "order": orders[i],
                                     "scores": v.scores, "reason": v.reason, "tokens": len(c.token_ids),
-                                    "finish_reason": c.finish_reason, "text": c.text})
+                                    "finish_reason": c.finish_reason, "text": c.text, "error": c.error})
+                if c.finish_reason == "error":
+                    refused.append(f"{item.id}: {c.error}")
             engine.generate(prompts, params, on_finish=save,
                             seeds=[grm.stream_seed(it, s, args.seed) for it, s in jobs])
+    if refused:
+        print(f"[rank {d.rank}] {len(refused)} judgments refused by the engine, counted invalid ({refused[0]})")
     del engine, model
 
 
@@ -132,14 +148,19 @@ def rate_judgments(items, args, d, judgments, path) -> None:
     todo = [r for r in judgments if r["sample"] != GREEDY and (r["item"], r["sample"]) not in done]
     if not todo:
         return
-    meta = load_meta_rm(args.meta_rm, dtype=model_dtype(args, d), device=d.device)
+    meta = load_meta_rm(args.meta_rm, dtype=model_dtype(args, d), device=d.device, chat_template=args.chat_template)
+    too_long = 0
     for start in range(0, len(todo), 256):
         batch = todo[start:start + 256]
         rewards = meta.score([by_id[r["item"]].prompt for r in batch],
                              [permute(by_id[r["item"]].responses, r["order"]) for r in batch],
                              [r["text"] for r in batch])
-        for r, m in zip(batch, rewards):
-            append_jsonl(path, {"item": r["item"], "sample": r["sample"], "meta": m})
+        for r, m in zip(batch, rewards):  # None: longer than the meta RM's context, ranked last
+            too_long += m is None
+            append_jsonl(path, {"item": r["item"], "sample": r["sample"], "meta": m,
+                                "reason": None if m is not None else "longer than the meta RM's context"})
+    if too_long:
+        print(f"[rank {d.rank}] {too_long} judgments too long for the meta RM: ranked last by MetaRM@k")
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -171,7 +192,7 @@ def evaluate(items, judgments, metas, args) -> list[dict]:
     by_item = {}
     for r in judgments:
         by_item.setdefault(r["item"], {})[r["sample"]] = r
-    meta = {(r["item"], r["sample"]): r["meta"] for r in metas}
+    meta = {(r["item"], r["sample"]): r["meta"] if r["meta"] is not None else float("-inf") for r in metas}
     rows = []
     for name, k, use_meta in settings_to_report(args.k_max, bool(metas)):
         records = []
@@ -187,10 +208,6 @@ def evaluate(items, judgments, metas, args) -> list[dict]:
 
 def main(argv=None):
     args = parse_args(argv)
-    for what, paths in (("GRM", [args.model]), ("data", args.data), ("meta RM", [args.meta_rm])):
-        for p in paths:
-            if p is not None and not Path(p).exists():
-                sys.exit(f"infer_scale.py: {what} not found: {p}")
     d = distributed.init(args.device)
     out = Path(args.out)
     items = load_items(args.data)[:args.limit]
@@ -205,7 +222,8 @@ def main(argv=None):
                 rate_judgments(mine, args, d, read_results(out / f"judgments{suffix}.jsonl"),
                                out / f"meta{suffix}.jsonl")
         except KeyboardInterrupt:
-            sys.exit(f"\ninterrupted: every finished judgment is in {out}; rerun the same command to resume")
+            print(f"\ninterrupted: every finished judgment is in {out}; rerun the same command to resume")
+            sys.exit(130)
         d.barrier()
         if d.main:
             judgments = [r for f in sorted(out.glob("judgments*.jsonl")) for r in read_results(f)]

@@ -53,16 +53,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from minigrm import distributed, grm, training
+from minigrm import cli, distributed, grm, runs, training
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.config import ModelConfig
+from minigrm.data import append_jsonl, load_items, read_jsonl, read_results, write_json, write_jsonl
 from minigrm.engine import Engine
 from minigrm.kv_cache import kv_bytes_per_token
-from minigrm.meta_rm import classifier_from, meta_batches
+from minigrm.meta_rm import bce_loss, classifier_from, meta_batches
 from minigrm.optim import lr_at, make_optimizer, set_lr
-from minigrm.rft import chat_example, reject_hinted, reject_non_hinted, sft_batches
+from minigrm.rft import chat_example, reject_hinted, reject_non_hinted, sft_batches, sft_loss
 from minigrm.prompts import meta_rm_messages
 from minigrm.sampling import SamplingParams
 from minigrm.tokenizer import load_tokenizer
@@ -72,40 +72,45 @@ from minigrm.voting import permute
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF folder to fine-tune (paper: a base model)")
-    ap.add_argument("--sampler", default=None, help="HF folder that samples trajectories (default: --model)")
-    ap.add_argument("--data", required=True, help="JSONL of pairs, lists or singles (see minigrm/data.py)")
+    ap.add_argument("--model", required=True, type=cli.existing_folder, help="HF folder to fine-tune (paper: a base model)")
+    ap.add_argument("--sampler", default=None, type=cli.existing_folder, help="HF folder that samples trajectories (default: --model)")
+    ap.add_argument("--data", required=True, nargs="+", help="JSONL files / folders of pairs, lists or singles (data.py)")
     ap.add_argument("--out", default="out/rft", help="output folder: trajectories, log.jsonl, checkpoints")
-    ap.add_argument("--n-rft", type=int, default=3, help="non-hinted samples per item (paper: 3)")
-    ap.add_argument("--hinted-share", type=float, default=0.25, help="share of items that get one hinted sample (open)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (open)")
-    ap.add_argument("--max-tokens", type=int, default=1024, help="max tokens per sampled judgment")
+    ap.add_argument("--n-rft", type=cli.positive_int, default=3, help="non-hinted samples per item (paper: 3)")
+    ap.add_argument("--hinted-share", type=cli.fraction, default=0.25, help="share of items that get one hinted sample (open)")
+    ap.add_argument("--temperature", type=cli.nonneg_float, default=1.0, help="sampling temperature (open)")
+    ap.add_argument("--max-tokens", type=cli.positive_int, default=1024, help="max tokens per sampled judgment")
     ap.add_argument("--sft-data", default=None, help="general chat JSONL {'messages': [...]} mixed into SFT")
     ap.add_argument("--meta-rm", action="store_true", help="train a meta RM (scalar head) instead of the GRM")
     ap.add_argument("--extra-trajectories", default=None,
                     help="meta RM: JSONL of more judgments {'item', 'order', 'text'} from the GRM to guide")
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
-    ap.add_argument("--epochs", type=int, default=1, help="passes over the accepted trajectories")
-    ap.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per micro-batch")
-    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (per rank)")
-    ap.add_argument("--warmup-steps", type=int, default=10, help="linear warmup steps")
-    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
-    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (matrices only)")
-    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
-    ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
-    ap.add_argument("--keep-last", type=int, default=2, help="keep only the last N checkpoints (0: all)")
+    ap.add_argument("--lr", type=cli.positive_float, default=None, help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
+    ap.add_argument("--epochs", type=cli.positive_int, default=1, help="passes over the accepted trajectories")
+    ap.add_argument("--max-tokens-per-batch", type=cli.positive_int, default=16384, help="padded tokens per micro-batch")
+    ap.add_argument("--grad-accum", type=cli.positive_int, default=1, help="micro-batches per optimizer step (per rank)")
+    ap.add_argument("--warmup-steps", type=cli.nonneg_int, default=10, help="linear warmup steps")
+    ap.add_argument("--min-lr-ratio", type=cli.fraction, default=0.1, help="cosine decay ends at lr x this")
+    ap.add_argument("--weight-decay", type=cli.nonneg_float, default=0.0, help="AdamW weight decay (matrices only)")
+    ap.add_argument("--grad-clip", type=cli.positive_float, default=1.0, help="clip the global gradient norm to this")
+    ap.add_argument("--save-every", type=cli.positive_int, default=100, help="checkpoint every N steps (and at the end)")
+    ap.add_argument("--keep-last", type=cli.nonneg_int, default=2, help="keep only the last N checkpoints (0: all)")
     ap.add_argument("--resume", nargs="?", const="latest", default=None,
                     help="resume SFT from <out>/latest (no value) or from the given checkpoint folder")
     ap.add_argument("--seed", type=int, default=0, help="seed of shuffles, samples and batch order")
-    ap.add_argument("--dtype", default="float32", help="weight dtype (bf16 autocast on CUDA): float32 or bfloat16")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
+    ap.add_argument("--dtype", default="float32", type=cli.dtype_name, help="weight dtype (bf16 autocast on CUDA): float32 or bfloat16")
+    ap.add_argument("--device", default=None, type=cli.device_name, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--kv-cache-gb", type=cli.positive_float, default=2.0, help="KV cache of the sampling engine, per rank")
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
     ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
+    ap.add_argument("--chat-template", default=None,
+                    help="chat template family for a folder whose template is not recognised (e.g. chatml)")
     args = ap.parse_args(argv)
     args.sampler = args.sampler or args.model
     args.lr = args.lr if args.lr is not None else (1e-5 if args.meta_rm else 5e-6)
     return args
+
+
+VOLATILE = ("resume", "save_every", "keep_last", "device", "kv_cache_gb")  # may change on resume
 
 
 # ---------------------------------------------------------------------------- stage A: sampling
@@ -123,14 +128,14 @@ def planned_samples(item, args) -> list[tuple[int, bool, list[int]]]:
 
 
 def sample_trajectories(items, args, d, path: Path) -> None:
-    done = {(r["item"], r["sample"]) for r in read_jsonl(path)} if path.exists() else set()
+    done = {(r["item"], r["sample"]) for r in read_results(path, required=("item", "sample"))}
     todo = [(it, j, h, o) for it in items for j, h, o in planned_samples(it, args) if (str(it.id), j) not in done]
     print(f"[rank {d.rank}] {len(done)} trajectories on disk, {len(todo)} to sample", flush=True)
     if not todo:
         return
     dtype = getattr(torch, args.dtype)
     model = load_model(args.sampler, dtype=dtype, device=d.device)
-    tok = load_tokenizer(args.sampler)
+    tok = load_tokenizer(args.sampler, chat_template=args.chat_template)
     blocks = max(2, int(args.kv_cache_gb * 2**30 // (kv_bytes_per_token(model.config, dtype) * 16)))
     engine = Engine(model, tok, num_blocks=blocks, progress=False)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
@@ -203,6 +208,8 @@ def meta_examples(records, by_id, tok) -> tuple[list[tuple[list[int], float]], i
     prompt it was sampled with (train_rft.py's: "training": true; infer_scale.py's: evaluation)."""
     out, skipped = [], 0
     for r in records:
+        if r["item"] not in by_id:
+            raise ValueError(f"a judgment of item {r['item']!r} (--extra-trajectories?) is not in --data")
         item = by_id[r["item"]]
         v = grm.judge(item, r["order"], r["text"], r.get("finish_reason", "stop"), training=r.get("training", False))
         if r.get("hinted") or r["sample"] == grm.GREEDY or v.correct is None:
@@ -216,56 +223,71 @@ def meta_examples(records, by_id, tok) -> tuple[list[tuple[list[int], float]], i
 
 # ---------------------------------------------------------------------------- main
 
+def fits(examples, limit: int, what: str, d) -> list:
+    """Drop (and count) examples longer than the model's context or the micro-batch budget."""
+    kept = [e for e in examples if len(e[0]) <= limit]
+    if d.main and len(kept) < len(examples):
+        print(f"dropped {len(examples) - len(kept)} {what} longer than {limit} tokens "
+              "(the model's context or --max-tokens-per-batch)", flush=True)
+    return kept
+
+
 def main(argv=None):
     args = parse_args(argv)
     d = distributed.init(args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if d.main:  # one run per folder, its settings recorded; a fresh start never overwrites a run
+        runs.take(out, cli.recorded_settings(args, ("model", "sampler", "data", "sft_data", "extra_trajectories"),
+                                             VOLATILE),
+                  fresh_ok=bool(args.resume), has_run=lambda o: any(o.glob("trajectories*.jsonl")))
+    d.barrier()
     torch.manual_seed(args.seed + d.rank)
     items = load_items(args.data)
     grm.check_trainable(items)
     by_id = {str(it.id): it for it in items}
     suffix = f".rank{d.rank}" if d.world > 1 else ""
 
-    # stage A: sample (resumable), then reject
+    # stage A: sample (resumable with --resume), then reject
     try:
         sample_trajectories(d.shard(items), args, d, out / f"trajectories{suffix}.jsonl")
     except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: every finished trajectory is in {out}; rerun the same command to resume")
+        print(f"\ninterrupted: every finished trajectory is in {out}; rerun with --resume to continue")
+        sys.exit(130)
     d.barrier()
-    records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_jsonl(f)]
-    tok = load_tokenizer(args.model)
+    records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_results(f)]
+    tok = load_tokenizer(args.model, chat_template=args.chat_template)
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+    limit = min(ModelConfig.from_pretrained(args.model).max_position_embeddings, args.max_tokens_per_batch)
     if args.meta_rm:
         if args.extra_trajectories:
             records += list(read_jsonl(args.extra_trajectories, required=("item", "sample", "order", "text")))
         examples, skipped = meta_examples(records, by_id, tok)
+        examples = fits(examples, limit, "meta-RM inputs", d)
         stats = {"examples": len(examples), "skipped": skipped,
                  "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
     else:
         accepted, stats = select(records, args.n_rft)
-        examples = rft_examples(accepted, by_id, tok)
+        examples = fits(rft_examples(accepted, by_id, tok), limit, "accepted trajectories", d)
         if args.sft_data:
-            chat = chat_examples(args.sft_data, tok)
+            chat = fits(chat_examples(args.sft_data, tok), limit, "--sft-data conversations", d)
             stats["sft_data_examples"] = len(chat)
             examples += chat
     if d.main:
         print("rejection" if not args.meta_rm else "meta RM data", json.dumps(stats), flush=True)
-        (out / ("meta_data.json" if args.meta_rm else "rejection.json")).write_text(json.dumps(stats, indent=2) + "\n")
+        write_json(out / ("meta_data.json" if args.meta_rm else "rejection.json"), stats)
     if not examples:
         sys.exit("train_rft.py: no training examples (every item too easy or every trajectory rejected?)")
 
-    # stage B: the model, its optimizer, the batches of every epoch (a pure function of the seed)
+    # stage B: the model, its loss, the batches of every epoch (a pure function of the seed)
     dtype = getattr(torch, args.dtype)
     resume = training.resolve_resume(args.resume, out)
-    if args.meta_rm:
+    if args.meta_rm:  # a scalar head on the backbone, binary cross-entropy on Eq. 10 labels
         model = load_model(resume, dtype, d.device) if resume else classifier_from(args.model, dtype, d.device, args.seed)
-        policy = training.wrap(model.train(), d, args.fsdp)
-        batches_of = lambda epoch: meta_batches(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
-    else:
+        policy, loss_fn, batcher = training.wrap(model.train(), d, args.fsdp), bce_loss, meta_batches
+    else:  # next-token loss on the accepted judgments
         model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
-        policy = training.wrap(training.LogprobForward(model), d, args.fsdp)
-        batches_of = lambda epoch: sft_batches(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
+        policy, loss_fn, batcher = training.wrap(training.LogprobForward(model), d, args.fsdp), sft_loss, sft_batches
+    batches_of = lambda epoch: batcher(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
     model.model.gradient_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)
     per_rank = len(batches_of(0)) // d.world
@@ -275,8 +297,8 @@ def main(argv=None):
         sys.exit(f"train_rft.py: {per_rank} batches per rank make no step of --grad-accum {args.grad_accum}")
     start = training.load_checkpoint(resume, policy, optimizer, d)["step"] if resume else 0
     log_path = out / "log.jsonl"
-    if d.main and log_path.exists():
-        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] <= start])
+    if d.main:  # drop records of steps after the checkpoint we resume from (and a torn last line)
+        write_jsonl(log_path, [r for r in read_results(log_path, required=("step",)) if r["step"] <= start])
 
     with training.interrupt_guard() as stop:
         for step in range(start, total):
@@ -289,19 +311,10 @@ def main(argv=None):
             for i, batch in enumerate(batches):
                 batch = [t.to(d.device) for t in batch]
                 with training.grad_sync(policy, i == len(batches) - 1):
-                    if args.meta_rm:
-                        ids, last, labels = batch
-                        with training.autocast(d.device):
-                            rewards = policy(ids).float()  # (B, T)
-                        reward = rewards[torch.arange(len(last), device=ids.device), last]  # (B,)
-                        loss = F.binary_cross_entropy_with_logits(reward, labels.float())
-                    else:
-                        ids, mask = batch
-                        logp = policy(ids, mask)  # (B, T-1)
-                        loss = -logp.sum() / mask[:, 1:].sum().clamp(min=1)  # = rft.sft_loss
+                    loss = loss_fn(policy, batch)
                     (loss / len(batches)).backward()
                 loss_sum += loss.item() / len(batches)
-                tokens += float(ids.numel())
+                tokens += float(batch[0].numel())
             grad_norm = training.grad_norm_and_clip(policy, args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -313,9 +326,15 @@ def main(argv=None):
                 append_jsonl(log_path, record)
                 print(f"step {step + 1}/{total} | loss {m['loss']:.4f} | lr {lr:.2e} | gnorm {grad_norm:.3f} | "
                       f"tokens {m['tokens']:.0f} | {m['time']:.1f}s", flush=True)
-            if training.checkpoint_step(out, step + 1, total, args, model, policy, optimizer, d, stop):
+            if training.checkpoint_step(out, step + 1, total, model, policy, optimizer, d, stop,
+                                        save_every=args.save_every, keep_last=args.keep_last,
+                                        tokenizer_dir=args.model, extra={"seed": args.seed}):
                 break
+    if d.main:
+        runs.release(out)
     distributed.shutdown()
+    if training.exit_code(stop):
+        sys.exit(training.exit_code(stop))
 
 
 if __name__ == "__main__":

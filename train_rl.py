@@ -42,7 +42,6 @@ Deviations from the paper's GRPO, and open choices (GRM_SPEC marks them open):
     update: those K/V were computed with the previous weights.
 """
 import argparse
-import json
 import random
 import sys
 import time
@@ -50,9 +49,9 @@ from pathlib import Path
 
 import torch
 
-from minigrm import distributed, grm, training
+from minigrm import cli, distributed, grm, runs, training
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, load_items, read_jsonl, write_jsonl
+from minigrm.data import append_jsonl, load_items, read_json_list, read_results, write_json, write_jsonl
 from minigrm.engine import Engine
 from minigrm.grpo import group_advantages, grpo_loss
 from minigrm.kv_cache import kv_bytes_per_token
@@ -63,41 +62,50 @@ from minigrm.tokenizer import load_tokenizer
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF folder: the policy's initialisation (e.g. the RFT checkpoint)")
-    ap.add_argument("--ref-model", default=None, help="HF folder of the frozen KL reference (default: --model)")
-    ap.add_argument("--data", required=True, help="JSONL of pairs, lists or singles (see minigrm/data.py)")
+    ap.add_argument("--model", required=True, type=cli.existing_folder, help="HF folder: the policy's initialisation (e.g. the RFT checkpoint)")
+    ap.add_argument("--ref-model", default=None, type=cli.existing_folder, help="HF folder of the frozen KL reference (default: --model)")
+    ap.add_argument("--data", required=True, nargs="+", help="JSONL files / folders of pairs, lists or singles (data.py)")
     ap.add_argument("--out", default="out/rl", help="output folder: log.jsonl, checkpoint-<step>/, latest")
-    ap.add_argument("--steps", type=int, default=900, help="RL steps (rollout + update) in total (paper: 900)")
-    ap.add_argument("--prompts-per-step", type=int, default=128,
+    ap.add_argument("--steps", type=cli.positive_int, default=900, help="RL steps (rollout + update) in total (paper: 900)")
+    ap.add_argument("--prompts-per-step", type=cli.positive_int, default=128,
                     help="prompts per step over all ranks; x group size = outputs per step (paper: 512)")
-    ap.add_argument("--group-size", type=int, default=4, help="G, judgments sampled per prompt (paper: 4)")
-    ap.add_argument("--lr", type=float, default=4e-7, help="peak learning rate (paper: 4e-7)")
-    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
-    ap.add_argument("--warmup-steps", type=int, default=10, help="linear warmup steps")
-    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (matrices only)")
-    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
-    ap.add_argument("--beta", type=float, default=0.08, help="KL coefficient (paper: 0.08 for 27B, 0.002 for 16B)")
-    ap.add_argument("--clip-eps", type=float, default=0.2, help="PPO clip range epsilon (open; 0.2 is conventional)")
-    ap.add_argument("--epochs-per-batch", type=int, default=1, help="optimizer passes over each rollout batch")
-    ap.add_argument("--micro-batch-size", type=int, default=8,
+    ap.add_argument("--group-size", type=cli.positive_int, default=4, help="G, judgments sampled per prompt (paper: 4)")
+    ap.add_argument("--lr", type=cli.positive_float, default=4e-7, help="peak learning rate (paper: 4e-7)")
+    ap.add_argument("--min-lr-ratio", type=cli.fraction, default=0.1, help="cosine decay ends at lr x this")
+    ap.add_argument("--warmup-steps", type=cli.nonneg_int, default=10, help="linear warmup steps")
+    ap.add_argument("--weight-decay", type=cli.nonneg_float, default=0.0, help="AdamW weight decay (matrices only)")
+    ap.add_argument("--grad-clip", type=cli.positive_float, default=1.0, help="clip the global gradient norm to this")
+    ap.add_argument("--beta", type=cli.nonneg_float, default=0.08, help="KL coefficient (paper: 0.08 for 27B, 0.002 for 16B)")
+    ap.add_argument("--clip-eps", type=cli.positive_float, default=0.2, help="PPO clip range epsilon (open; 0.2 is conventional)")
+    ap.add_argument("--epochs-per-batch", type=cli.positive_int, default=1, help="optimizer passes over each rollout batch")
+    ap.add_argument("--micro-batch-size", type=cli.positive_int, default=8,
                     help="sequences per forward/backward; gradients accumulate over the rank's whole batch")
-    ap.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (open; 1.0)")
-    ap.add_argument("--max-tokens", type=int, default=1024, help="max tokens per sampled judgment")
-    ap.add_argument("--max-prompt-tokens", type=int, default=4096, help="drop items whose GRM prompt is longer")
+    ap.add_argument("--temperature", type=cli.nonneg_float, default=1.0, help="rollout temperature (open; 1.0)")
+    ap.add_argument("--max-tokens", type=cli.positive_int, default=1024, help="max tokens per sampled judgment")
+    ap.add_argument("--max-prompt-tokens", type=cli.positive_int, default=None,
+                    help="drop items whose GRM prompt is longer (default: the model's context - --max-tokens)")
     ap.add_argument("--drop-too-easy", action="store_true",
                     help="before training, drop items the reference model judges right 3 out of 3 times")
-    ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
-    ap.add_argument("--keep-last", type=int, default=2, help="keep only the last N checkpoints (0: all)")
+    ap.add_argument("--save-every", type=cli.positive_int, default=100, help="checkpoint every N steps (and at the end)")
+    ap.add_argument("--keep-last", type=cli.nonneg_int, default=2, help="keep only the last N checkpoints (0: all)")
     ap.add_argument("--resume", nargs="?", const="latest", default=None,
                     help="resume from <out>/latest (no value) or from the given checkpoint folder")
     ap.add_argument("--seed", type=int, default=0, help="seed of data order, response shuffles and samples")
-    ap.add_argument("--dtype", default="float32",
+    ap.add_argument("--dtype", default="float32", type=cli.dtype_name,
                     help="weight dtype: float32 (default; bf16 autocast on CUDA) or bfloat16 (pure bf16)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
+    ap.add_argument("--device", default=None, type=cli.device_name, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--kv-cache-gb", type=cli.positive_float, default=2.0, help="KV cache of the sampling engine, per rank")
     ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
     ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
-    return ap.parse_args(argv)
+    ap.add_argument("--chat-template", default=None,
+                    help="chat template family for a folder whose template is not recognised (e.g. chatml)")
+    args = ap.parse_args(argv)
+    if args.group_size < 2:
+        ap.error("--group-size must be >= 2: GRPO's advantage compares the samples of a group")
+    return args
+
+
+VOLATILE = ("resume", "save_every", "keep_last", "device", "kv_cache_gb", "steps")  # may change on resume
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -123,9 +131,8 @@ def items_at(positions: list[int], n_items: int, seed: int) -> list[int]:
 
 def drop_too_easy(items, engine, tok, args, d, cache: Path) -> list:
     """Items that the reference model gets right 3/3 times are dropped (cached in <out>)."""
-    if cache.exists():
-        easy = set(json.loads(cache.read_text()))
-    else:
+    easy = read_json_list(cache)
+    if easy is None:
         mine = d.shard(list(range(len(items))))
         rendered = [render(items[i], tok, "too-easy", args.seed) for i in mine]
         outs = engine.generate([p for p, _ in rendered], SamplingParams(n=3, temperature=args.temperature,
@@ -138,7 +145,7 @@ def drop_too_easy(items, engine, tok, args, d, cache: Path) -> list:
         flags = d.all_sum(flags)
         easy = sorted(str(items[i].id) for i, f in enumerate(flags) if f > 0)
         if d.main:
-            cache.write_text(json.dumps(easy) + "\n")
+            write_json(cache, easy)
     kept = [it for it in items if str(it.id) not in easy]
     if d.main:
         print(f"drop-too-easy: {len(items) - len(kept)} of {len(items)} items right 3/3, {len(kept)} kept")
@@ -162,7 +169,10 @@ def main(argv=None):
     args = parse_args(argv)
     d = distributed.init(args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if d.main:  # one run per folder, its settings recorded; a fresh start never overwrites a run
+        runs.take(out, cli.recorded_settings(args, ("model", "ref_model", "data"), VOLATILE),
+                  fresh_ok=bool(args.resume), has_run=lambda o: (o / "log.jsonl").exists())
+    d.barrier()
     G = args.group_size
     if args.prompts_per_step % d.world:
         sys.exit(f"--prompts-per-step {args.prompts_per_step} must be a multiple of the {d.world} ranks "
@@ -176,7 +186,7 @@ def main(argv=None):
     model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
     model.model.gradient_checkpointing = args.grad_checkpointing
     ref = load_model(args.ref_model or args.model, dtype=dtype, device=d.device).requires_grad_(False)
-    tok = load_tokenizer(args.model)
+    tok = load_tokenizer(args.model, chat_template=args.chat_template)
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
     policy = training.wrap(training.LogprobForward(model), d, args.fsdp)
     ref_policy = training.wrap(training.LogprobForward(ref), d, args.fsdp, trainable=False)
@@ -195,10 +205,11 @@ def main(argv=None):
     # data: drop over-long prompts, optionally the too-easy ones
     items = load_items(args.data)
     grm.check_trainable(items)
-    n_all = len(items)
-    items = [it for it in items if len(render(it, tok, 0, args.seed)[0]) <= args.max_prompt_tokens]
+    n_all, limit = len(items), args.max_prompt_tokens or engine.max_model_len - args.max_tokens
+    items = [it for it in items if len(render(it, tok, 0, args.seed)[0]) <= limit]
     if d.main and len(items) < n_all:
-        print(f"dropped {n_all - len(items)} of {n_all} items with prompts over {args.max_prompt_tokens} tokens")
+        print(f"dropped {n_all - len(items)} of {n_all} items with prompts over {limit} tokens (the model's "
+              f"context {engine.max_model_len} minus --max-tokens, or --max-prompt-tokens)")
     if args.drop_too_easy:
         with training.full_weights(ref_policy):
             ref_engine = Engine(ref, tok, block_size=block, num_blocks=num_blocks, max_num_seqs=max(local_seqs, 3),
@@ -209,8 +220,8 @@ def main(argv=None):
         sys.exit("train_rl.py: no training items left")
 
     log_path = out / "log.jsonl"
-    if d.main and log_path.exists():  # drop records of steps after the checkpoint we resume from
-        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] <= start])
+    if d.main:  # drop records of steps after the checkpoint we resume from (and a torn last line)
+        write_jsonl(log_path, [r for r in read_results(log_path, required=("step",)) if r["step"] <= start])
 
     with training.interrupt_guard() as stop:
         for step in range(start, args.steps):
@@ -278,9 +289,15 @@ def main(argv=None):
                       f"kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | len {m['length']:.0f} | "
                       f"lr {lr:.2e} | gnorm {grad_norm:.3f} | sample {m['time_sample']:.1f}s "
                       f"update {m['time_update']:.1f}s", flush=True)
-            if training.checkpoint_step(out, step + 1, args.steps, args, model, policy, optimizer, d, stop):
+            if training.checkpoint_step(out, step + 1, args.steps, model, policy, optimizer, d, stop,
+                                        save_every=args.save_every, keep_last=args.keep_last,
+                                        tokenizer_dir=args.model, extra={"seed": args.seed}):
                 break
+    if d.main:
+        runs.release(out)
     distributed.shutdown()
+    if training.exit_code(stop):
+        sys.exit(training.exit_code(stop))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ Saving writes what `save_pretrained` writes: config.json, `model.safetensors` or
 shards with `model.safetensors.index.json`, and the tokenizer files of a source folder.
 """
 import json
+from contextlib import contextmanager
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
@@ -32,6 +33,31 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
+@contextmanager
+def _open(file: Path):
+    """safe_open that names the file when it is not a complete safetensors file (a truncated
+    download, a partial copy)."""
+    try:
+        with safe_open(file, framework="pt", device="cpu") as f:
+            yield _Checked(f, file)
+    except SafetensorError as e:
+        raise ValueError(f"{file}: not a complete safetensors file ({e})") from None
+
+
+class _Checked:
+    def __init__(self, f, file):
+        self.f, self.file = f, file
+
+    def keys(self):
+        return self.f.keys()
+
+    def get_tensor(self, key):
+        try:
+            return self.f.get_tensor(key)
+        except SafetensorError as e:
+            raise ValueError(f"{self.file}: tensor {key!r} cannot be read ({e})") from None
+
+
 def weight_files(path: Path) -> dict[str, Path]:
     """Map every tensor name to the safetensors file that holds it."""
     if (path / INDEX).exists():
@@ -41,7 +67,7 @@ def weight_files(path: Path) -> dict[str, Path]:
             raise FileNotFoundError(f"{path / INDEX} names shard(s) that do not exist: {missing}")
         return {k: path / f for k, f in weight_map.items()}
     if (path / SINGLE).exists():
-        with safe_open(path / SINGLE, framework="pt") as f:
+        with _open(path / SINGLE) as f:
             return {k: path / SINGLE for k in f.keys()}
     raise FileNotFoundError(f"no {SINGLE} or {INDEX} in {path}")
 
@@ -73,7 +99,7 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> Causal
     for k in sorted(present):
         by_file.setdefault(files[k], []).append(k)
     for file, keys in by_file.items():
-        with safe_open(file, framework="pt", device="cpu") as f:
+        with _open(file) as f:
             for key in keys:
                 _assign(model, key, f.get_tensor(key), dtype, device)
     for m in model.modules():  # non-persistent buffers (RoPE tables) live outside the checkpoint

@@ -20,7 +20,7 @@ Contract:
   The id is the record's "id", else its line number (with several files: "<file>:<line>").
   Two records with the same id (compared as strings: 1 and "1" are the same id) are an error
   naming both places: results are keyed by id, so they would mix.
-- `write_jsonl` replaces a whole file atomically; `append_jsonl` appends one record as one
+- `write_jsonl` / `write_json` replace a whole file atomically; `append_jsonl` appends one record as one
   line in one write and flushes it, so a crash loses at most that record.
 - `read_results(path)` reads an append-only results file of ours: a last line that a crash
   left torn (no newline, or not JSON) is dropped with a warning and cut from the file, so the
@@ -154,6 +154,13 @@ def _item(record: dict, default_id) -> Item:
     item_id = record.get("id", default_id)
     if not isinstance(item_id, (str, int)) or isinstance(item_id, bool):
         raise ValueError(f"'id' must be a string or an integer, got {item_id!r}")
+    texts = [record["prompt"]] if isinstance(record["prompt"], str) else [m["content"] for m in record["prompt"]]
+    for text in texts + responses:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text holds a lone surrogate ({text[e.start]!r} at character {e.start}): "
+                             "not valid Unicode") from None
     used = {"prompt", "id", "subset", "benchmark", *fields}
     extra = {k: v for k, v in record.items() if k not in used}
     return Item(item_id, record["prompt"], responses, truth, kind, subset, extra,
@@ -205,6 +212,27 @@ def write_jsonl(path, records) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path, value) -> None:
+    """Write one JSON value, replacing the file atomically (a crash leaves the old one or the new one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json_list(path) -> list | None:
+    """A cached JSON list, or None when it is missing or damaged (then it is computed again)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        print(f"warning: {path} is damaged (an interrupted write?); computing it again", file=sys.stderr)
+        return None
+    return value if isinstance(value, list) else None
+
+
 def append_jsonl(path, record: dict) -> None:
     """Append one record as one line in one write and flush it (a crash loses at most this record)."""
     line = json.dumps(record, ensure_ascii=False) + "\n"
@@ -213,9 +241,10 @@ def append_jsonl(path, record: dict) -> None:
         f.flush()
 
 
-def read_results(path) -> list[dict]:
+def read_results(path, required=()) -> list[dict]:
     """The records of one of our append-only results files ([] when it does not exist yet);
-    a torn last line is dropped with a warning and cut from the file (module docstring)."""
+    a torn last line is dropped with a warning and cut from the file (module docstring); a record
+    without a `required` field is an error naming its file and line."""
     path = Path(path)
     if not path.exists():
         return []
@@ -230,7 +259,7 @@ def read_results(path) -> list[dict]:
             json.loads(body[last_start:].decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             _cut(path, last_start, body[last_start:])
-    return list(read_jsonl(path))
+    return list(read_jsonl(path, required))
 
 
 def _cut(path: Path, size: int, dropped: bytes) -> None:

@@ -3,7 +3,8 @@
 Input (GRM_SPEC §1): a user turn "Please score the responses." + the conversation context +
 the responses *in the order the GRM saw them*, and the GRM's generated principles and critique
 as the assistant turn, rendered with the meta RM's chat template (add_generation_prompt=False).
-Output: one scalar logit per judgment; a higher value means the judgment is more likely
+Output: one scalar logit per judgment (None for an input longer than the model's context: it is
+never run); a higher value means the judgment is more likely
 correct (Eq. 10), which is what meta-RM training's binary cross-entropy teaches it.
 
 The checkpoint is an HF `*ForSequenceClassification` folder (num_labels=1, a `score` head),
@@ -16,6 +17,7 @@ tokenizer's own chat template, trailing end-of-turn tokens included.
 import random
 
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import load_model
 from .config import ModelConfig
@@ -23,9 +25,18 @@ from .model import CausalLM
 from .prompts import meta_rm_messages
 from .rft import length_grouped
 from .tokenizer import load_tokenizer
+from .training import autocast
 
 CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
                "qwen3": "Qwen3ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification"}
+
+
+def check_meta_rm_folder(path) -> None:
+    """Refuse a folder that is not a scalar-head checkpoint before anything is sampled."""
+    config = ModelConfig.from_pretrained(path)
+    if not config.is_classifier or config.num_labels != 1:
+        raise ValueError(f"{path} is not a *ForSequenceClassification checkpoint with num_labels=1 "
+                         f"(architectures {config.raw.get('architectures')})")
 
 
 class MetaRM:
@@ -33,6 +44,7 @@ class MetaRM:
         if not model.config.is_classifier or model.config.num_labels != 1:
             raise ValueError("the meta RM must be a *ForSequenceClassification checkpoint with num_labels=1")
         self.model, self.tokenizer, self.max_tokens_per_batch = model, tokenizer, max_tokens_per_batch
+        self.max_len = model.config.max_position_embeddings
 
     def encode(self, context, shown_responses: list[str], judgment: str) -> list[int]:
         text = self.tokenizer.apply_chat_template(meta_rm_messages(context, shown_responses, judgment),
@@ -40,11 +52,13 @@ class MetaRM:
         return self.tokenizer.encode(text)
 
     @torch.inference_mode()
-    def score_ids(self, sequences: list[list[int]]) -> list[float]:
-        """One reward per token sequence, in batches of similar length (right-padded)."""
+    def score_ids(self, sequences: list[list[int]]) -> list[float | None]:
+        """One reward per token sequence, in batches of similar length (right-padded); None for a
+        sequence longer than the model's context (it is never run: no memory blow-up)."""
         device = next(self.model.parameters()).device
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        rewards = [0.0] * len(sequences)
+        order = sorted((i for i in range(len(sequences)) if 0 < len(sequences[i]) <= self.max_len),
+                       key=lambda i: len(sequences[i]))
+        rewards = [None] * len(sequences)
         start = 0
         while start < len(order):
             end = start + 1  # grow the batch while (rows x longest) fits the token budget
@@ -67,8 +81,8 @@ class MetaRM:
         return self.score_ids([self.encode(c, r, j) for c, r, j in zip(contexts, shown_responses, judgments)])
 
 
-def load_meta_rm(path, dtype=torch.float32, device="cpu", **kw) -> MetaRM:
-    return MetaRM(load_model(path, dtype=dtype, device=device), load_tokenizer(path), **kw)
+def load_meta_rm(path, dtype=torch.float32, device="cpu", chat_template=None, **kw) -> MetaRM:
+    return MetaRM(load_model(path, dtype=dtype, device=device), load_tokenizer(path, chat_template), **kw)
 
 
 # ---------------------------------------------------------------- training (train_rft.py --meta-rm)
@@ -92,6 +106,16 @@ def classifier_from(path, dtype, device, seed: int) -> CausalLM:
     with torch.no_grad():
         model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=g) * raw.get("initializer_range", 0.02))
     return model
+
+
+def bce_loss(policy, batch) -> torch.Tensor:
+    """Binary cross-entropy of the reward at each judgment's last token against its Eq. 10 label.
+    `policy` is the (possibly wrapped) classifier; batch = (ids (B, T), last index (B,), labels (B,))."""
+    ids, last, labels = batch
+    with autocast(ids.device):
+        rewards = policy(ids).float()  # (B, T)
+    reward = rewards[torch.arange(len(last), device=ids.device), last]  # (B,)
+    return F.binary_cross_entropy_with_logits(reward, labels.float())
 
 
 def meta_batches(examples, max_tokens, pad_id, seed):

@@ -8,13 +8,13 @@ Contract:
     chat_example(tok, messages, answer_text) -> (input_ids, loss_mask) in tok's template
     length_grouped(lengths, max_tokens) -> [[example index, ...], ...]
     sft_batches(examples, max_tokens_per_batch, pad_id) -> [(input_ids, loss_mask) (B, T)]
-    sft_loss(model, input_ids, loss_mask) -> mean NLL over target tokens (0-d fp32)
+    sft_loss(policy, (input_ids, loss_mask)) -> mean NLL over target tokens (0-d fp32)
 
 Rules (§4): non-hinted sampling draws N_RFT trajectories per data point; incorrect ones are
 dropped (Eq. 10, invalid judgments count as incorrect), and if *all* are correct the data point
 is "too easy" and dropped altogether. A hinted trajectory is kept iff correct.
 
-Mask semantics (shared with logprob.sequence_logprobs): loss_mask[t] = 1 means token t is a
+Mask semantics (shared with training.LogprobForward): loss_mask[t] = 1 means token t is a
 target, predicted from position t - 1. Only the GRM output tokens (everything the model
 generated after the chat template's generation prompt, EOS included) are targets.
 
@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import torch
 
-from .logprob import sequence_logprobs
 
 
 class Rejection(NamedTuple):
@@ -112,10 +111,10 @@ def sft_batches(examples: list[tuple[list[int], list[bool]]], max_tokens_per_bat
     return batches
 
 
-def sft_loss(model, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-             chunk_size: int = 1024) -> torch.Tensor:
+def sft_loss(policy, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-token NLL over every target token of the batch (a token-level mean, so long
-    outputs weigh more than short ones, as in ordinary SFT). (B, T) long, (B, T) -> 0-d fp32."""
-    logp = sequence_logprobs(model, input_ids, loss_mask, chunk_size)  # (B, T-1), 0 off-target
-    n_targets = loss_mask[:, 1:].sum().clamp(min=1)
-    return -logp.sum() / n_targets
+    outputs weigh more than short ones, as in ordinary SFT). `policy` is a training.LogprobForward
+    (possibly DDP / FSDP2-wrapped); batch = ((B, T) long input_ids, (B, T) loss_mask) -> 0-d fp32."""
+    input_ids, loss_mask = batch
+    logp = policy(input_ids, loss_mask)  # (B, T-1), 0 off-target
+    return -logp.sum() / loss_mask[:, 1:].sum().clamp(min=1)

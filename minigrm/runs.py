@@ -1,8 +1,8 @@
 """Run folders (`--out`): one run per folder, its settings recorded, one process writing at a time.
 
-Contract:
-    with runs.claim(out, settings, fresh_ok=...) as run:   # main process (rank 0) only
-        ...                                                 # the run writes under `out`
+Contract (main process / rank 0 only):
+    with runs.claim(out, settings) as out: ...          # infer_scale.py: for the whole run
+    runs.take(out, settings, fresh_ok=bool(args.resume), has_run=...); ...; runs.release(out)
 - `settings` are the values that shape what the run writes (model, data and their content
   hashes, seed, temperature, ...). The first run writes them to <out>/settings.json; a later run
   on the same folder must pass the same values, else it stops before doing anything with a
@@ -19,6 +19,7 @@ Contract:
   their first and last MiB (fast for multi-GB weights; a change elsewhere with the same size is
   not seen, a trade-off stated here).
 """
+import atexit
 import hashlib
 import json
 import os
@@ -70,7 +71,9 @@ def _take_lock(out: Path) -> Path:
             if pid and pid != os.getpid() and _alive(pid):
                 raise SystemExit(f"{out} is in use by another run (process {pid}); wait for it to finish or "
                                  f"use another --out (delete {lock} only if that process is gone)")
-            print(f"warning: {lock} was left by process {pid or '?'}, which is gone; taking it over", file=sys.stderr)
+            if pid != os.getpid():  # (our own: an earlier run in this process, e.g. a test)
+                print(f"warning: {lock} was left by process {pid or '?'}, which is gone; taking it over",
+                      file=sys.stderr)
             lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
@@ -84,30 +87,44 @@ def _differences(old: dict, new: dict) -> list[str]:
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-@contextmanager
-def claim(out, settings: dict, fresh_ok: bool = True, has_run=None):
-    """Lock `out` and check `settings` against the folder's (module docstring). `has_run`: a
-    callable telling whether the folder already holds this script's results (for fresh_ok)."""
+def take(out, settings: dict, fresh_ok: bool = True, has_run=None) -> Path:
+    """Lock `out` and check `settings` against the folder's (module docstring); the lock is
+    released by `release(out)` or at the latest when the process exits. `has_run`: a callable
+    telling whether the folder already holds this script's results (for fresh_ok)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(out)
+    atexit.register(lock.unlink, missing_ok=True)
     try:
         path = out / SETTINGS
         settings = json.loads(json.dumps(settings))  # as it reads back (tuples -> lists)
         if path.exists():
-            old = json.loads(path.read_text())
-            diff = _differences(old, settings)
+            diff = _differences(json.loads(path.read_text()), settings)
             if diff:
                 raise SystemExit(f"{out} holds a run with other settings; use another --out, or the same "
                                  f"settings to resume it:\n" + "\n".join(diff))
+            if not fresh_ok:
+                raise SystemExit(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         elif not fresh_ok and has_run is not None and has_run(out):
-            raise SystemExit(f"{out} already holds a run from before settings were recorded; pass --resume "
-                             f"to continue it, or choose another --out")
-        if not fresh_ok and path.exists():
-            raise SystemExit(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+            raise SystemExit(f"{out} already holds a run (from before settings were recorded); pass --resume to "
+                             "continue it, or choose another --out")
         tmp = out / (SETTINGS + ".tmp")
         tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
-        yield out
-    finally:
+    except BaseException:
         lock.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def release(out) -> None:
+    (Path(out) / LOCK).unlink(missing_ok=True)
+
+
+@contextmanager
+def claim(out, settings: dict, fresh_ok: bool = True, has_run=None):
+    """`take` for the length of a with-block."""
+    try:
+        yield take(out, settings, fresh_ok, has_run)
+    finally:
+        release(out)

@@ -33,8 +33,10 @@ Deviations / open choices:
     full weights (plus its KV cache); the layers' hooks find them unsharded and gather nothing,
     which is what lets ranks run different numbers of engine steps.
 """
+import json
 import os
 import random
+import re
 import shutil
 import signal
 from contextlib import contextmanager, nullcontext
@@ -48,6 +50,9 @@ from .checkpoint import save_model
 from .logprob import token_logprobs
 
 LATEST = "latest"
+STATE = "trainer_state.json"     # step, extra, world (JSON)
+OPTIMIZER = "optimizer.pt"      # the optimizer state dict (tensors and numbers only)
+CHECKPOINT = re.compile(r"checkpoint-\d+")
 
 
 class LogprobForward(nn.Module):
@@ -154,22 +159,30 @@ def reduce_metrics(d, pairs: dict[str, tuple[float, float]]) -> dict[str, float]
 
 @contextmanager
 def interrupt_guard():
-    """Turn the first Ctrl-C into a request (`stop["requested"]`) that the loop honours at the end
-    of a step, so a checkpoint is never taken in the middle of an optimizer update. A second
-    Ctrl-C interrupts at once."""
-    stop = {"requested": False}
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM (a scheduler's stop, `kill`) into a request
+    (`stop["requested"]`, `stop["signal"]`) that the loop honours at the end of a step, so a
+    checkpoint is never taken in the middle of an optimizer update. A second one interrupts at once.
+    The script then exits with 128 + the signal number (130 / 143), as a shell expects."""
+    stop = {"requested": False, "signal": None}
 
     def handler(signum, frame):
         if stop["requested"]:
             raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort)", flush=True)
+        stop["requested"], stop["signal"] = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step, then saving a checkpoint (send it again to abort)", flush=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def exit_code(stop) -> int:
+    """0 for a finished run; 128 + signal number for one stopped by SIGINT / SIGTERM."""
+    return 128 + int(stop["signal"]) if stop["requested"] and stop["signal"] else 0
 
 
 def stop_requested(d, stop) -> bool:
@@ -177,13 +190,13 @@ def stop_requested(d, stop) -> bool:
     return d.all_sum([float(stop["requested"])])[0] > 0
 
 
-def checkpoint_step(out, step: int, total: int, args, model, policy, optimizer, d, stop) -> bool:
-    """End of a training step: save every --save-every steps, at the end and when interrupted
-    (all ranks together). -> True when the loop must stop (Ctrl-C)."""
+def checkpoint_step(out, step: int, total: int, model, policy, optimizer, d, stop, *, save_every: int,
+                    keep_last: int, tokenizer_dir, extra: dict) -> bool:
+    """End of a training step: save every `save_every` steps, at the end and when interrupted
+    (all ranks together). -> True when the loop must stop (Ctrl-C / SIGTERM)."""
     interrupted = stop_requested(d, stop)
-    if step % args.save_every == 0 or step == total or interrupted:
-        path = save_checkpoint(out, step, model, policy, optimizer, d, args.model,
-                               {"data": args.data, "seed": args.seed}, args.keep_last)
+    if step % save_every == 0 or step == total or interrupted:
+        path = save_checkpoint(out, step, model, policy, optimizer, d, tokenizer_dir, extra, keep_last)
         if d.main:
             print(f"saved {path}", flush=True)
     if interrupted and d.main:
@@ -201,9 +214,24 @@ class _FullModel:
         return self._state
 
 
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def _rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states as tensors only (loadable with weights_only=True)."""
+    version, words, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": torch.tensor(words, dtype=torch.int64),
+             "python_version": torch.tensor(version), "python_gauss": torch.tensor([] if gauss is None else [gauss])}
+    if torch.cuda.is_available():
+        for i, t in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = t
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    gauss = state["python_gauss"].tolist()
+    random.setstate((int(state["python_version"]), tuple(state["python"].tolist()), gauss[0] if gauss else None))
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, extra: dict | None = None,
@@ -228,57 +256,63 @@ def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, 
     torch.save(_rng_state(), tmp / f"rng-rank{d.rank}.pt")
     if d.main:
         save_model(full, tmp, tokenizer_dir)
-        torch.save({"step": step, "optimizer": optim_state, "extra": extra or {}, "world": d.world},
-                   tmp / "trainer_state.pt")
+        torch.save(optim_state, tmp / OPTIMIZER)
+        (tmp / STATE).write_text(json.dumps({"step": step, "extra": extra or {}, "world": d.world}, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = out / f".{LATEST}.tmp"
         pointer.write_text(final.name + "\n")
         os.replace(pointer, out / LATEST)
-        if keep_last > 0:
-            steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if p.name[11:].isdigit())
-            for s in steps[:-keep_last]:
-                shutil.rmtree(out / f"checkpoint-{s}", ignore_errors=True)
+        if keep_last > 0:  # only this run's: never a later step left by another run, never this one
+            steps = sorted(int(p.name[11:]) for p in out.glob("checkpoint-*") if CHECKPOINT.fullmatch(p.name))
+            for old in [s for s in steps if s < step][:max(0, len([s for s in steps if s <= step]) - keep_last)]:
+                shutil.rmtree(out / f"checkpoint-{old}", ignore_errors=True)
     d.barrier()
     return final
 
 
 def latest_checkpoint(out) -> Path | None:
+    """The checkpoint <out>/latest names: None when there is no pointer yet. The pointer may only
+    name a complete checkpoint-<step> folder inside `out` (never a path elsewhere)."""
     pointer = Path(out) / LATEST
     if not pointer.exists():
         return None
-    folder = Path(out) / pointer.read_text().strip()
-    return folder if (folder / "trainer_state.pt").exists() else None
+    name = pointer.read_text().strip()
+    if not CHECKPOINT.fullmatch(name):
+        raise ValueError(f"{pointer} names {name!r}, not a checkpoint-<step> folder of this run")
+    folder = Path(out) / name
+    if not (folder / STATE).exists():
+        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete: "
+                                "restore it, or remove the pointer to start over")
+    return folder
 
 
 def resolve_resume(resume, out) -> Path | None:
-    """--resume value -> checkpoint folder: "latest" (<out>/latest, None when absent) or a path."""
+    """--resume value -> checkpoint folder: "latest" (<out>/latest; None before the first save)
+    or a path the user names."""
     if not resume:
         return None
     if resume == LATEST:
         return latest_checkpoint(out)
     folder = Path(resume)
-    if not (folder / "trainer_state.pt").exists():
-        raise FileNotFoundError(f"--resume {resume}: no trainer_state.pt there (not a training checkpoint)")
+    if not (folder / STATE).exists():
+        raise FileNotFoundError(f"--resume {resume}: no {STATE} there (not a training checkpoint)")
     return folder
 
 
 def load_checkpoint(folder, policy, optimizer, d) -> dict:
     """Restore the optimizer and this rank's RNG from a checkpoint (the weights are loaded from
-    the same folder with load_model, before wrapping); -> the trainer state (step, extra)."""
+    the same folder with load_model, before wrapping); -> the trainer state (step, extra).
+    Only tensors and JSON are read (weights_only=True): a crafted checkpoint cannot run code."""
     folder = Path(folder)
-    state = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
+    state = json.loads((folder / STATE).read_text())
+    optim_state = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
     if _is_fsdp(policy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(policy, optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(policy, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
     else:
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(optim_state)
     rng_file = folder / f"rng-rank{d.rank}.pt"
     if rng_file.exists():  # absent when resuming on more ranks than were saved
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_rng_state(torch.load(rng_file, weights_only=True))
     return state

@@ -75,3 +75,25 @@ def hf_model(family: str, classifier: bool = False, seed: int = 0, **overrides):
 def save_hf(model, path, **kwargs):
     model.save_pretrained(path, **kwargs)
     return path
+
+
+class ScriptedEngine:
+    """Stands in for minigrm.Engine in infer_scale.py: answers every prompt with
+    "Scores: \\boxed{<answer(n)>}" for the n responses it shows (or refuses prompts whose text
+    contains "REFUSE", as the engine refuses a prompt longer than the context)."""
+    answer = None
+
+    def __init__(self, model, tok, **kw):
+        pass
+
+    def generate(self, prompts, params, on_finish=None, seeds=None):
+        import re
+
+        from minigrm.sampling import Completion
+        for i, p in enumerate(prompts):
+            if "REFUSE" in p:
+                on_finish(i, 0, Completion("", [], [], "error", error="prompt of 9999 tokens leaves no room"))
+                continue
+            n = len(re.findall(r"\[The Begin of Response \d+\]", p))
+            on_finish(i, 0, Completion(f"Analysis: ...\nScores: \\boxed{{{ScriptedEngine.answer(n)}}}", [1, 2], [],
+                                       "stop"))

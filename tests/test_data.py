@@ -43,6 +43,7 @@ def test_load_items_normalises_the_three_shapes(tmp_path):
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": 3}', "'subset' must be a string"),
     ('{"prompt": "q", "responses": ["a", "b"], "correct": [1, 1]}', "both values"),
     ('{"id": "1", "prompt": "q", "chosen": "a", "rejected": "b"}', "duplicate item id '1' (first at"),
+    ('{"prompt": "q\\ud800", "chosen": "a", "rejected": "b"}', "lone surrogate"),
     ('{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], '
      '"response": "r", "label": 1}', "last turn of the context must be the user"),
 ])

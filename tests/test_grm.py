@@ -6,14 +6,10 @@ The end-to-end tests run the real infer_scale.py (orders, prompts, seeds, parsin
 scoring, files) with the engine replaced by a scripted judge, so thousands of items take seconds.
 """
 import json
-import re
-
 import pytest
 
-import infer_scale
 from minigrm import grm
 from minigrm.data import Item, load_items
-from minigrm.sampling import Completion
 
 PAIR = Item("p1", "What is 2+2?", ["4", "5"], [1, 0], "pair")
 LIST = Item("l1", "Pick one", ["a", "b", "c", "d"], [0, 0, 1, 0], "list")
@@ -67,37 +63,7 @@ def test_hint_names_the_best_as_shown_and_ties_items_cannot_be_trained():
         grm.messages(ties, [0, 1, 2], hint=True)
 
 
-# ---------------------------------------------------------------- infer_scale with a scripted judge
-
-class ScriptedEngine:
-    """Stands in for minigrm.Engine: answers every prompt with `answer(n shown responses)`."""
-    answer = None
-
-    def __init__(self, model, tok, **kw):
-        pass
-
-    def generate(self, prompts, params, on_finish=None, seeds=None):
-        for i, p in enumerate(prompts):
-            n = len(re.findall(r"\[The Begin of Response \d+\]", p))
-            on_finish(i, 0, Completion(f"Analysis: ...\nScores: \\boxed{{{ScriptedEngine.answer(n)}}}", [1, 2], [],
-                                       "stop"))
-
-
-@pytest.fixture
-def scripted(monkeypatch):
-    monkeypatch.setattr(infer_scale, "Engine", ScriptedEngine)
-    monkeypatch.setattr(infer_scale.minigrm, "load_model", lambda *a, **kw: None)
-
-    def run(tmp_path, items, answer, seed=0, k_max=8, name="run"):
-        ScriptedEngine.answer = answer
-        data = tmp_path / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(it) + "\n" for it in items))
-        out = tmp_path / f"out-{name}"
-        infer_scale.main(["--data", str(data), "--out", str(out), "--k-max", str(k_max), "--seed", str(seed),
-                          "--no-meta-rm", "--no-progress", "--n-boot", "50"])
-        return {r["setting"]: r for r in json.loads((out / "results.json").read_text())}
-    return run
-
+# ---------------------------------------------------------------- infer_scale with a scripted judge (conftest)
 
 def pairs(n, chosen_first=True):
     out = []

@@ -99,7 +99,8 @@ def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
     lines = (out / "trajectories.jsonl").read_text().splitlines(keepends=True)
     (out / "trajectories.jsonl").write_text("".join(lines[:10]))
     capsys.readouterr()
-    train_rft.main(common(tiny_model, data, out) + ["--sft-data", str(chat), "--max-tokens-per-batch", "1500"])
+    train_rft.main(common(tiny_model, data, out) + ["--sft-data", str(chat), "--max-tokens-per-batch", "1500",
+                                                    "--resume"])
     assert "10 trajectories on disk, 5 to sample" in capsys.readouterr().out
     key = lambda r: (r["item"], r["sample"])  # noqa: E731
     assert sorted(read_jsonl(out / "trajectories.jsonl"), key=key) == sorted(records, key=key)
@@ -122,7 +123,9 @@ def test_sft_resume_equals_uninterrupted(tiny_model, data, tmp_path, monkeypatch
         return real_lr_at(step, *a)
 
     monkeypatch.setattr(train_rft, "lr_at", interrupt_at_step_2)
-    train_rft.main(common(tiny_model, data, part) + args)
+    with pytest.raises(SystemExit) as stopped:
+        train_rft.main(common(tiny_model, data, part) + args)
+    assert stopped.value.code == 130
     assert (part / "latest").read_text().strip() == "checkpoint-2"
     monkeypatch.setattr(train_rft, "lr_at", real_lr_at)
     train_rft.main(common(tiny_model, data, part) + args + ["--resume"])

@@ -93,11 +93,17 @@ def test_ctrl_c_saves_and_resume_equals_uninterrupted(full_run, tiny_model, data
         return real_items_at(positions, n, seed)
 
     monkeypatch.setattr(train_rl, "items_at", interrupt_in_step_2)
-    train_rl.main(common(tiny_model, data, tmp_path) + ["--save-every", "100"])
+    with pytest.raises(SystemExit) as stopped:
+        train_rl.main(common(tiny_model, data, tmp_path) + ["--save-every", "100"])
+    assert stopped.value.code == 130  # interrupted runs exit non-zero, as a shell expects
     assert [r["step"] for r in log(tmp_path)] == [1, 2]
     assert training_latest(tmp_path) == "checkpoint-2"
 
     monkeypatch.setattr(train_rl, "items_at", real_items_at)
+    with pytest.raises(SystemExit, match="already holds a run; pass --resume"):
+        train_rl.main(common(tiny_model, data, tmp_path))  # a fresh start never overwrites the run
+    with pytest.raises(SystemExit, match="seed: this folder has 3, this run has 4"):
+        train_rl.main(common(tiny_model, data, tmp_path)[:-1] + ["4", "--resume"])
     train_rl.main(common(tiny_model, data, tmp_path) + ["--resume"])
     resumed, full = log(tmp_path), log(full_run)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
@@ -131,6 +137,14 @@ def test_real_judge_counts_invalid_and_drops_too_easy(tiny_model, data, tmp_path
     # filtering: 3 samples of item 2, one of each other item (all() stops at the first miss);
     # training: 2 prompts x 4 samples, never item 2
     assert seen[:6].count(2) == 3 and len(seen) == 6 + 2 * 4 and 2 not in seen[6:]
+
+
+def test_prompts_longer_than_the_context_are_dropped_and_counted(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train_rl.grm, "judge", fake_judge)
+    long = {"prompt": " ".join(["word"] * 2500), "chosen": "a", "rejected": "b"}  # > the 2048-token context
+    data = write_items(tmp_path / "long.jsonl", [long, {"prompt": "2+2?", "chosen": "4", "rejected": "5"}])
+    train_rl.main(common(tiny_model, data, tmp_path / "run", steps=1))
+    assert "dropped 1 of 2 items with prompts over 2036 tokens" in capsys.readouterr().out  # 2048 - 12
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])

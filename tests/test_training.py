@@ -107,20 +107,57 @@ def test_checkpoint_loads_everywhere_and_restores_optimizer(tiny_model, tmp_path
     with pytest.raises(FileNotFoundError, match="trainer_state"):
         training.resolve_resume(str(tmp_path), tmp_path)
 
+    # keep-last rotates only this run's checkpoints: a later step left by an older run stays,
+    # and the checkpoint just saved is never the one deleted
+    (tmp_path / "checkpoint-100").mkdir()
+    path = training.save_checkpoint(tmp_path, 4, model, policy, opt, d, tiny_model, {}, keep_last=1)
+    assert path.exists() and (tmp_path / "checkpoint-100").exists() and not (tmp_path / "checkpoint-3").exists()
+    assert training.latest_checkpoint(tmp_path) == path
+    # a pointer to a missing folder, or to anything but a checkpoint of this folder, is an error
+    for name in ("checkpoint-7", "../elsewhere", str(tmp_path / "checkpoint-4"), "checkpoint-4/../../x"):
+        (tmp_path / "latest").write_text(name + "\n")
+        with pytest.raises((FileNotFoundError, ValueError)):
+            training.resolve_resume("latest", tmp_path)
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tiny_model, tmp_path):
+    """Checkpoints are read with weights_only=True: a pickle that would run code is refused."""
+    d = Dist()
+    model = minigrm.load_model(tiny_model).train()
+    policy = training.LogprobForward(model)
+    opt = make_optimizer(policy, 1e-3)
+    path = training.save_checkpoint(tmp_path, 1, model, policy, opt, d, tiny_model, {})
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    for name in ("optimizer.pt", "rng-rank0.pt"):
+        good = (path / name).read_bytes()
+        torch.save({"state": Evil()}, path / name)
+        with pytest.raises(Exception):
+            training.load_checkpoint(path, policy, make_optimizer(policy, 1e-3), d)
+        assert not marker.exists()
+        (path / name).write_bytes(good)
+    assert training.load_checkpoint(path, policy, make_optimizer(policy, 1e-3), d)["step"] == 1
+
 
 def test_reduce_metrics_divides_sums_by_counts():
     m = training.reduce_metrics(Dist(), {"a": (6.0, 3.0), "b": (1.0, 0.0)})
     assert m == {"a": 2.0, "b": 0.0}
 
 
-def test_interrupt_guard_defers_the_first_ctrl_c():
-    before = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_guard_defers_the_first_ctrl_c_or_sigterm(sig, code):
+    before = signal.getsignal(sig)
     with training.interrupt_guard() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
+        assert training.exit_code(stop) == 0
+        os.kill(os.getpid(), sig)
         assert stop["requested"] and training.stop_requested(Dist(), stop)
+        assert training.exit_code(stop) == code
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+            os.kill(os.getpid(), sig)
+    assert signal.getsignal(sig) is before
 
 
 def test_autocast_is_a_no_op_on_cpu():

@@ -76,6 +76,7 @@ def main(argv=None):
     c = QUICK if args.quick else FULL
     out, seed = Path(args.out), str(args.seed)
     common = ["--seed", seed, "--device", "cpu"] if args.quick else ["--seed", seed]
+    common += ["--resume"]  # a stage interrupted half-way continues where it stopped
 
     train, test = out / "data" / "train.jsonl", out / "data" / "test.jsonl"
     if stage("data", test):
