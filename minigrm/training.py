@@ -7,7 +7,8 @@ Contract:
     with full_weights(policy): engine.generate(...)   FSDP2: every rank holds full weights
     with grad_sync(policy, last_micro_batch): loss.backward()
     means = reduce_metrics(d, {"name": (sum, count)})  sums and counts added over ranks
-    with interrupt_guard() as stop: ... if stop_requested(d, stop): save and leave
+    with interrupt_guard() as stop: ... if stop_requested(d, stop): save and leave  (SIGINT, SIGTERM)
+    checkpoint_step(out, step, total, model, policy, optimizer, d, stop, save_every=, keep_last=, ...)
     save_checkpoint(out, step, model, policy, optimizer, d, tokenizer_dir, extra) -> folder
     state = load_checkpoint(folder, policy, optimizer, d)    -> {"step", "extra", ...}
     latest_checkpoint(out) -> folder or None
@@ -19,8 +20,9 @@ returns only the targets' log-probs (logprob.py's chunked projection), the same 
 `logprob.sequence_logprobs` (pinned by a test). The sampling Engine is given the bare model.
 
 Checkpoints: `<out>/checkpoint-<step>/` is an HF folder (config.json, safetensors, tokenizer
-files: transformers, minigrm and infer_scale.py load it) plus `trainer_state.pt` (step,
-optimizer, the script's data position) and one `rng-rank<r>.pt` per rank. It is written
+files: transformers, minigrm and infer_scale.py load it) plus `trainer_state.json` (step,
+world size, the script's extra state), `optimizer.pt` and one `rng-rank<r>.pt` per rank, both
+tensors only and read with weights_only=True (a crafted file cannot run code). It is written
 in `<out>/.tmp-checkpoint-<step>` and renamed when complete, then `<out>/latest` (a text file
 naming it) is replaced atomically: a crash never leaves a half-written checkpoint that
 looks complete. Under FSDP2 the model and optimizer are gathered to full (unsharded) state
