@@ -14,7 +14,7 @@ Stage A, sampling (resumable: every trajectory is appended to <out>/trajectories
   - prompts, orders, seeds and grading are grm.py's (singles use the paper's n = 1 training
     prompt, score 0/1); each record: item id, sample index, hinted flag, order, text, length,
     finish reason, correct (Eq. 10; an invalid or truncated judgment is incorrect), valid.
-Rejection (rft.reject_non_hinted / reject_hinted): incorrect trajectories are dropped; an item
+Rejection (rft.select): incorrect trajectories are dropped; an item
 whose N_RFT non-hinted samples are all correct is "too easy" and dropped altogether; a
 hinted trajectory is kept iff correct. Acceptance, too-easy and invalid rates are printed and
 written to <out>/rejection.json.
@@ -61,8 +61,8 @@ from minigrm.data import append_jsonl, load_items, read_jsonl, read_results, wri
 from minigrm.engine import Engine
 from minigrm.kv_cache import kv_bytes_per_token
 from minigrm.meta_rm import bce_loss, classifier_from, meta_batches
-from minigrm.optim import lr_at, make_optimizer, set_lr
-from minigrm.rft import chat_example, reject_hinted, reject_non_hinted, sft_batches, sft_loss
+from minigrm.optim import clip_grad_norm, lr_at, make_optimizer, set_lr
+from minigrm.rft import chat_example, select, sft_batches, sft_loss
 from minigrm.prompts import meta_rm_messages
 from minigrm.sampling import SamplingParams
 from minigrm.tokenizer import load_tokenizer
@@ -152,33 +152,6 @@ def sample_trajectories(items, args, d, path: Path) -> None:
     del engine, model
 
 
-def select(records, n_rft: int) -> tuple[list[dict], dict]:
-    """Rejective sampling over stage A's records -> (accepted records, rates)."""
-    by_item: dict[str, list[dict]] = {}
-    for r in records:
-        by_item.setdefault(r["item"], []).append(r)
-    accepted, too_easy, hinted_total, hinted_kept, non_hinted_total = [], 0, 0, 0, 0
-    for rs in by_item.values():
-        plain = sorted((r for r in rs if not r["hinted"]), key=lambda r: r["sample"])
-        rejection = reject_non_hinted([r["correct"] for r in plain])
-        too_easy += rejection.too_easy
-        non_hinted_total += len(plain)
-        accepted += [plain[i] for i in rejection.kept]
-        for r in rs:
-            if r["hinted"]:
-                hinted_total += 1
-                if reject_hinted(r["correct"]):
-                    hinted_kept += 1
-                    accepted.append(r)
-    n = max(len(records), 1)
-    stats = {"items": len(by_item), "trajectories": len(records), "accepted": len(accepted),
-             "acceptance_rate": len(accepted) / n, "too_easy_rate": too_easy / max(len(by_item), 1),
-             "invalid_rate": sum(not r["valid"] for r in records) / n,
-             "non_hinted_correct_rate": sum(r["correct"] for r in records if not r["hinted"]) / max(non_hinted_total, 1),
-             "hinted_acceptance_rate": hinted_kept / hinted_total if hinted_total else None}
-    return accepted, stats
-
-
 # ---------------------------------------------------------------------------- stage B: examples
 
 def rft_examples(accepted, by_id, tok) -> list[tuple[list[int], list[bool]]]:
@@ -266,7 +239,7 @@ def main(argv=None):
         stats = {"examples": len(examples), "skipped": skipped,
                  "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
     else:
-        accepted, stats = select(records, args.n_rft)
+        accepted, stats = select(records)
         examples = fits(rft_examples(accepted, by_id, tok), limit, "accepted trajectories", d)
         if args.sft_data:
             chat = fits(chat_examples(args.sft_data, tok), limit, "--sft-data conversations", d)
@@ -315,7 +288,7 @@ def main(argv=None):
                     (loss / len(batches)).backward()
                 loss_sum += loss.item() / len(batches)
                 tokens += float(batch[0].numel())
-            grad_norm = training.grad_norm_and_clip(policy, args.grad_clip)
+            grad_norm = clip_grad_norm(policy, args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

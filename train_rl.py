@@ -50,12 +50,13 @@ from pathlib import Path
 import torch
 
 from minigrm import cli, distributed, grm, runs, training
+from minigrm.batching import right_pad
 from minigrm.checkpoint import load_model
 from minigrm.data import append_jsonl, load_items, read_json_list, read_results, write_json, write_jsonl
 from minigrm.engine import Engine
 from minigrm.grpo import group_advantages, grpo_loss
 from minigrm.kv_cache import kv_bytes_per_token
-from minigrm.optim import lr_at, make_optimizer, set_lr
+from minigrm.optim import clip_grad_norm, lr_at, make_optimizer, set_lr
 from minigrm.sampling import SamplingParams
 from minigrm.tokenizer import load_tokenizer
 
@@ -154,12 +155,8 @@ def drop_too_easy(items, engine, tok, args, d, cache: Path) -> list:
 
 def pad_batch(seqs, pad_id: int, device):
     """[(ids, prompt length)] -> (B, T) ids right-padded, (B, T) bool mask of the output tokens."""
-    T = max(len(ids) for ids, _ in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for row, (s, n_prompt) in enumerate(seqs):
-        ids[row, :len(s)] = torch.tensor(s)
-        mask[row, n_prompt:len(s)] = True
+    ids = right_pad([s for s, _ in seqs], pad_id)
+    mask = right_pad([[False] * n + [True] * (len(s) - n) for s, n in seqs], False, torch.bool)
     return ids.to(device), mask.to(device)
 
 
@@ -264,7 +261,7 @@ def main(argv=None):
                     for name in ("kl", "clip_frac", "ratio"):
                         sums[name] += stats[name] * n_tok
                     sums["tokens"] += n_tok
-                grad_norm = training.grad_norm_and_clip(policy, args.grad_clip)
+                grad_norm = clip_grad_norm(policy, args.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             engine.reset_prefix_cache()  # its cached prompt K/V came from the old weights

@@ -19,11 +19,11 @@ import random
 import torch
 import torch.nn.functional as F
 
+from .batching import length_grouped, right_pad
 from .checkpoint import load_model
 from .config import ModelConfig
 from .model import CausalLM
 from .prompts import meta_rm_messages
-from .rft import length_grouped
 from .tokenizer import load_tokenizer
 from .training import autocast
 
@@ -56,24 +56,15 @@ class MetaRM:
         """One reward per token sequence, in batches of similar length (right-padded); None for a
         sequence longer than the model's context (it is never run: no memory blow-up)."""
         device = next(self.model.parameters()).device
-        order = sorted((i for i in range(len(sequences)) if 0 < len(sequences[i]) <= self.max_len),
-                       key=lambda i: len(sequences[i]))
+        fits = [i for i in range(len(sequences)) if 0 < len(sequences[i]) <= self.max_len]
         rewards = [None] * len(sequences)
-        start = 0
-        while start < len(order):
-            end = start + 1  # grow the batch while (rows x longest) fits the token budget
-            while end < len(order) and (end + 1 - start) * len(sequences[order[end]]) <= self.max_tokens_per_batch:
-                end += 1
-            batch = [sequences[i] for i in order[start:end]]
-            width = max(len(s) for s in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, s in enumerate(batch):
-                ids[row, :len(s)] = torch.tensor(s)
-            r = self.model(ids.to(device)).float()  # (B, T) per-position rewards
-            last = torch.tensor([len(s) - 1 for s in batch], device=device)
-            for i, value in zip(order[start:end], r[torch.arange(len(batch), device=device), last].tolist()):
-                rewards[i] = value
-            start = end
+        budget = max([self.max_tokens_per_batch] + [len(sequences[i]) for i in fits])
+        for group in length_grouped([len(sequences[i]) for i in fits], budget):
+            rows = [sequences[fits[g]] for g in group]
+            r = self.model(right_pad(rows, 0).to(device)).float()  # (B, T) per-position rewards
+            last = torch.tensor([len(s) - 1 for s in rows], device=device)
+            for g, value in zip(group, r[torch.arange(len(rows), device=device), last].tolist()):
+                rewards[fits[g]] = value
         return rewards
 
     def score(self, contexts, shown_responses, judgments) -> list[float]:
@@ -119,14 +110,8 @@ def bce_loss(policy, batch) -> torch.Tensor:
 
 
 def meta_batches(examples, max_tokens, pad_id, seed):
-    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches."""
+    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches, seeded order."""
     groups = length_grouped([len(ids) for ids, _ in examples], max_tokens)
     random.Random(seed).shuffle(groups)
-    out = []
-    for g in groups:
-        T = max(len(examples[i][0]) for i in g)
-        ids = torch.full((len(g), T), pad_id, dtype=torch.long)
-        for row, i in enumerate(g):
-            ids[row, :len(examples[i][0])] = torch.tensor(examples[i][0])
-        out.append((ids, torch.tensor([len(examples[i][0]) - 1 for i in g]), torch.tensor([examples[i][1] for i in g])))
-    return out
+    return [(right_pad([examples[i][0] for i in g], pad_id), torch.tensor([len(examples[i][0]) - 1 for i in g]),
+             torch.tensor([examples[i][1] for i in g])) for g in groups]

@@ -81,11 +81,6 @@ def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def unwrap(module):
-    """The LogprobForward inside a DDP wrapper (FSDP2 swaps classes in place: nothing to peel)."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 def _is_fsdp(module) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(module, FSDPModule)
@@ -141,15 +136,6 @@ def grad_sync(policy, enabled: bool):
     if isinstance(policy, nn.parallel.DistributedDataParallel) and not enabled:
         return policy.no_sync()
     return nullcontext()
-
-
-def grad_norm_and_clip(policy, max_norm: float) -> float:
-    """Clip the global gradient norm in place; -> the norm before clipping (works on FSDP2's DTensors)."""
-    params = [p for p in policy.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def reduce_metrics(d, pairs: dict[str, tuple[float, float]]) -> dict[str, float]:

@@ -30,23 +30,6 @@ def common(tiny_model, data, out):
             "--lr", "1e-3", "--warmup-steps", "1"]
 
 
-def rec(item, sample, correct, hinted=False, valid=True):
-    return {"item": item, "sample": sample, "hinted": hinted, "correct": correct, "valid": valid}
-
-
-def test_rejection_accounting_on_constructed_trajectories():
-    records = [rec("a", 0, True), rec("a", 1, True), rec("a", 2, True), rec("a", 3, True, hinted=True),  # too easy
-               rec("b", 0, False, valid=False), rec("b", 1, True), rec("b", 2, False),
-               rec("b", 3, False, hinted=True),
-               rec("c", 0, False, valid=False), rec("c", 1, False), rec("c", 2, False)]
-    accepted, stats = train_rft.select(records, 3)
-    # a: its non-hinted samples are dropped with the item, its correct hinted one is kept
-    assert sorted((r["item"], r["sample"]) for r in accepted) == [("a", 3), ("b", 1)]
-    assert stats["too_easy_rate"] == pytest.approx(1 / 3) and stats["items"] == 3
-    assert stats["acceptance_rate"] == pytest.approx(2 / 11) and stats["invalid_rate"] == pytest.approx(2 / 11)
-    assert stats["hinted_acceptance_rate"] == 0.5 and stats["non_hinted_correct_rate"] == pytest.approx(4 / 9)
-
-
 def fake_judge(item, order, text, finish_reason="stop", training=False):
     """Items 1 and 2 (pairs): judged right on about half their samples (a hash of the text)."""
     right = item.id in (1, 2) and zlib.crc32(text.encode()) % 2 == 1
@@ -71,7 +54,7 @@ def test_rft_end_to_end(tiny_model, data, tmp_path, monkeypatch, capsys):
     assert all(r["tokens"] <= 12 and r["order"] and r["training"] for r in records)
     items = {str(it.id): it for it in load_items(data)}
     expected, _ = train_rft.select([dict(r, correct=fake_judge(items[r["item"]], r["order"], r["text"]).correct)
-                                    for r in records], 3)
+                                    for r in records])
     stats = json.loads((out / "rejection.json").read_text())
     assert stats["accepted"] == len(expected) > 0 and stats["sft_data_examples"] == 1
     log = list(read_jsonl(out / "log.jsonl"))
@@ -195,7 +178,7 @@ def test_a_sampler_with_another_vocabulary_gives_text_targets(tiny_model, data, 
     out = tmp_path / "cross"
     train_rft.main(common(tiny_model, data, out) + ["--sampler", str(sampler), "--max-tokens-per-batch", "1500"])
     records = list(read_jsonl(out / "trajectories.jsonl"))
-    accepted, _ = train_rft.select(records, 3)
+    accepted, _ = train_rft.select(records)
     tok = load_tokenizer(tiny_model)
     items = {str(it.id): it for it in load_items(data)}
     for (ids, mask), r in zip(train_rft.rft_examples(accepted, items, tok), accepted):

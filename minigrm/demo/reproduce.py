@@ -22,11 +22,9 @@ interrupted run resumes stage by stage):
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-
-import infer_scale
-import train_rft
-import train_rl
 
 from .. import grm
 from ..data import load_items, read_jsonl, write_jsonl
@@ -56,6 +54,18 @@ def teacher_corpus(items, seed: int) -> list[dict]:
             out.append({"messages": grm.messages(it, order, training=True) + [
                 {"role": "assistant", "content": task.teacher_judgment_binary(it.prompt, shown[0])}]})
     return out
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the three scripts
+
+
+def script(name: str, args: list[str]) -> None:
+    """Run one of the repository's scripts (train_rft.py, train_rl.py, infer_scale.py) as a user
+    would, in its own process; the library never imports them."""
+    path = ROOT / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run the demo from a checkout of the repository")
+    subprocess.run([sys.executable, str(path), *map(str, args)], check=True)
 
 
 def stage(name: str, done: Path) -> bool:
@@ -95,18 +105,18 @@ def main(argv=None):
     if stage("rft", out / "rft" / "latest"):
         # --quick: 4 pretraining steps cannot write the format, so the teacher corpus stands in
         sft = ["--sft-data", str(out / "teacher.jsonl")] if args.quick else []
-        train_rft.main(["--model", str(base), "--data", str(train), *sft,
+        script("train_rft.py", ["--model", str(base), "--data", str(train), *sft,
                         "--out", str(out / "rft"), "--epochs", str(c["rft_epochs"]), "--lr", c["rft_lr"],
                         "--max-tokens", str(c["max_tokens"]), *common])
     rft = latest_checkpoint(out / "rft")
     if stage("rl", out / "rl" / "latest"):
-        train_rl.main(["--model", str(rft), "--data", str(train), "--out", str(out / "rl"),
+        script("train_rl.py", ["--model", str(rft), "--data", str(train), "--out", str(out / "rl"),
                        "--steps", str(c["rl_steps"]), "--prompts-per-step", str(c["rl_prompts"]),
                        "--lr", c["rl_lr"], "--beta", "0.02", "--max-tokens", str(c["max_tokens"]),
                        "--save-every", "50", *common])
     rl = latest_checkpoint(out / "rl")
     if stage("meta_rm", out / "meta_rm" / "latest"):
-        train_rft.main(["--meta-rm", "--model", str(rft), "--sampler", str(rl), "--data", str(train),
+        script("train_rft.py", ["--meta-rm", "--model", str(rft), "--sampler", str(rl), "--data", str(train),
                         "--out", str(out / "meta_rm"), "--lr", "1e-4", "--max-tokens", str(c["max_tokens"]),
                         *common])
     meta = latest_checkpoint(out / "meta_rm")
@@ -115,7 +125,7 @@ def main(argv=None):
     for name, model, k_max, extra in [("base", base, 1, ["--no-meta-rm"]), ("rft", rft, 1, ["--no-meta-rm"]),
                                       ("rl", rl, c["k_max"], ["--meta-rm", str(meta)])]:
         eval_out = out / f"eval_{name}"
-        infer_scale.main(["--model", str(model), "--data", str(test), "--out", str(eval_out), "--k-max",
+        script("infer_scale.py", ["--model", str(model), "--data", str(test), "--out", str(eval_out), "--k-max",
                           str(k_max), "--max-tokens", str(c["max_tokens"]), "--seed", seed, "--no-progress",
                           *extra, *(["--device", "cpu"] if args.quick else [])])
         rows = json.loads((eval_out / "results.json").read_text())
