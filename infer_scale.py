@@ -49,6 +49,9 @@ def parse_args(argv=None):
     ap.add_argument("--meta-rm", default=None, type=cli.existing_folder,
                     help="meta RM folder (default: the demo meta RM with the demo GRM)")
     ap.add_argument("--no-meta-rm", action="store_true", help="skip MetaRM@k")
+    ap.add_argument("--judge-baseline", action="store_true",
+                    help="the LLM-as-a-judge baseline: the paper's pick-the-best prompt, Voting@k = majority vote "
+                         "(pairs and lists only; no meta RM)")
     ap.add_argument("--data", nargs="+", default=[str(DEMO / "data" / "test.jsonl")],
                     help="JSONL / JSON files or folders of pairs, lists, singles, RMB or RewardBench 2 records")
     ap.add_argument("--out", default="out/infer_scale", help="output folder (resumes if it holds this run)")
@@ -71,7 +74,7 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.meta_rm is None and not args.no_meta_rm and args.model == str(DEMO / "grm"):
         args.meta_rm = str(DEMO / "meta_rm")
-    if args.no_meta_rm:
+    if args.no_meta_rm or args.judge_baseline:
         args.meta_rm = None
     for p in args.data:
         if not Path(p).exists():
@@ -123,12 +126,13 @@ def sample_judgments(items, args, d, path) -> None:
             if not jobs:
                 continue
             orders = [grm.order(it, s, args.seed) for it, s in jobs]
-            prompts = [tok.apply_chat_template(grm.messages(it, o)) for (it, _), o in zip(jobs, orders)]
+            prompts = [tok.apply_chat_template(grm.messages(it, o, baseline=args.judge_baseline))
+                       for (it, _), o in zip(jobs, orders)]
             params = SamplingParams(temperature=0.0 if greedy else args.temperature, max_tokens=args.max_tokens)
 
             def save(i, _, c, jobs=jobs, orders=orders):
                 item, sample = jobs[i]
-                v = grm.judge(item, orders[i], c.text, c.finish_reason)
+                v = grm.judge(item, orders[i], c.text, c.finish_reason, baseline=args.judge_baseline)
                 append_jsonl(path, {"item": str(item.id), "sample": sample, "order": orders[i],
                                     "scores": v.scores, "reason": v.reason, "tokens": len(c.token_ids),
                                     "finish_reason": c.finish_reason, "text": c.text, "error": c.error})
@@ -211,6 +215,11 @@ def main(argv=None):
     d = distributed.init(args.device)
     out = Path(args.out)
     items = load_items(args.data)[:args.limit]
+    if args.judge_baseline:
+        kept = [it for it in items if it.kind in ("pair", "list")]
+        if d.main and len(kept) < len(items):
+            print(f"--judge-baseline: {len(items) - len(kept)} single-response / several-best items left out")
+        items = kept
     suffix = f".rank{d.rank}" if d.world > 1 else ""
     settings = settings_of(args, d)
     with runs.claim(out, settings) if d.main else nullcontext(out):

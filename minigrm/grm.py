@@ -11,13 +11,16 @@ server) runs a judgment through these functions and nothing else:
     v.scores        # in the ORIGINAL response order, or None (invalid)
     v.correct       # Eq. 10 (None where it does not apply), v.reward = Eq. 11 (+1 / -1)
 
-Prompt variants (`training`):
+Prompt variants (`training`, `baseline`):
   - pairs and lists: the default prompt (scores 1..10), always; `hint=True` appends the RFT
     hint naming the labelled best as shown;
   - single responses: at evaluation (ReaLMistake) the default prompt, scores 1..10, where Eq. 10
     does not apply (`correct` is None; they are scored by ROC-AUC); in training
     (`training=True`) the paper's n = 1 training prompt, score 0/1, correct iff it equals the label.
   - several correct responses (RewardBench 2 "Ties"): the default prompt; `correct` is None.
+  - `baseline=True`: the paper's LLM-as-a-judge prompt (pick the best response, \boxed{index});
+    the pick becomes one-hot scores in the original order, so Eq. 10 and voting (a majority vote)
+    apply unchanged. Pairs and lists only.
 
 One truncation rule: a judgment counts only if generation stopped by itself
 (finish_reason "stop"). A judgment that hit the token limit is invalid ("length") even when
@@ -35,7 +38,7 @@ import random
 from dataclasses import dataclass
 
 from .parser import parse_judgment
-from .prompts import grm_messages, single_response_messages
+from .prompts import grm_messages, judge_messages, single_response_messages
 from .rewards import best_index, is_correct, rule_reward
 from .voting import permute, unshuffle
 
@@ -86,8 +89,14 @@ def check_trainable(items) -> None:
                          "Ties): Eq. 10 needs one labelled best, so they can be evaluated but not trained on")
 
 
-def messages(item, order: list[int], training: bool = False, hint: bool = False) -> list[dict]:
-    """The GRM prompt for this item with its responses shown in `order` (one user turn)."""
+def messages(item, order: list[int], training: bool = False, hint: bool = False,
+             baseline: bool = False) -> list[dict]:
+    """The GRM prompt for this item with its responses shown in `order` (one user turn);
+    `baseline`: the LLM-as-a-judge prompt instead (pick the best response by its index)."""
+    if baseline:
+        if item.kind == "single":
+            raise ValueError(f"item {item.id}: the LLM-as-a-judge baseline picks among several responses")
+        return judge_messages(item.prompt, permute(item.responses, order))
     if _binary(item, training):
         return single_response_messages(item.prompt, item.responses[0])
     if hint and (item.kind == "single" or not single_best(item)):
@@ -108,14 +117,18 @@ class Verdict:
         return self.scores is not None
 
 
-def judge(item, order: list[int], text: str, finish_reason: str = "stop", training: bool = False) -> Verdict:
-    """Parse one generated judgment and grade it against the item's ground truth."""
-    lo, hi = (0, 1) if _binary(item, training) else (1, 10)
+def judge(item, order: list[int], text: str, finish_reason: str = "stop", training: bool = False,
+          baseline: bool = False) -> Verdict:
+    """Parse one generated judgment and grade it against the item's ground truth. A baseline
+    judgment (one index in 1..n) becomes one-hot scores, so voting over them is a majority vote."""
+    n = len(item.responses)
+    lo, hi = (0, 1) if _binary(item, training) else (1, n) if baseline else (1, 10)
     if finish_reason != "stop":
         scores, reason = None, "length" if finish_reason == "length" else "error"
     else:
-        j = parse_judgment(text, len(item.responses), lo, hi)
-        scores, reason = unshuffle(j.scores, order), j.reason
+        j = parse_judgment(text, 1 if baseline else n, lo, hi)
+        shown = j.scores if not baseline or j.scores is None else [int(p == j.scores[0] - 1) for p in range(n)]
+        scores, reason = unshuffle(shown, order), j.reason
     if (item.kind == "single" and not training) or not single_best(item):
         return Verdict(scores, reason, None, None)
     return Verdict(scores, reason, is_correct(scores, item.truth), rule_reward(scores, item.truth))

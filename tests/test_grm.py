@@ -102,3 +102,22 @@ def test_truncated_and_invalid_judgments_are_counted(scripted, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out-run" / "judgments.jsonl").read_text().splitlines()]
     assert {r["reason"] for r in records} == {"not an integer"}
     assert {r["item"] for r in records} == {it.id for it in load_items(tmp_path / "run.jsonl")}
+
+
+def test_the_judge_baseline_picks_by_index_and_votes_by_majority():
+    order = [2, 0, 3, 1]  # shown: c, a, d, b
+    v = grm.judge(LIST, order, "Analysis: the first.\nScores: \\boxed{1}", baseline=True)
+    assert v.scores == [0, 0, 1, 0] and v.correct  # position 1 shows c, the labelled best
+    assert grm.judge(LIST, order, "Scores: \\boxed{2}", baseline=True).scores == [1, 0, 0, 0]
+    assert grm.judge(LIST, order, "Scores: \\boxed{5}", baseline=True).reason == "out of range"
+    assert "the index of the best response" in grm.messages(LIST, order, baseline=True)[0]["content"]
+    with pytest.raises(ValueError, match="picks among several"):
+        grm.messages(SINGLE, [0], baseline=True)
+
+
+def test_judge_baseline_end_to_end(scripted, tmp_path):
+    # a judge that always picks the response shown first: chance on pairs, like any position bias
+    rows = scripted(tmp_path, pairs(300) + [{"prompt": "x?", "response": "y", "label": 1}], lambda n: "1",
+                    extra=["--judge-baseline"])
+    for r in rows.values():
+        assert r["accuracy"]["n"] == 300 and abs(r["accuracy"]["value"] - 0.5) < 0.1 and r["invalid_rate"] == 0
