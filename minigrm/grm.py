@@ -77,7 +77,10 @@ def _binary(item, training: bool) -> bool:
 
 
 def single_best(item) -> bool:
-    """Eq. 10 needs one labelled best: false for RewardBench 2's Ties items (several correct)."""
+    """Eq. 10 needs one labelled best: false for RewardBench 2's Ties items (several correct) and
+    for unlabelled items (truth None: a live request to the reward server)."""
+    if item.truth is None:
+        return False
     return len(item.truth) == 1 or sum(r == max(item.truth) for r in item.truth) == 1
 
 

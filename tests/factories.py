@@ -4,6 +4,9 @@ Weights are re-drawn at a scale where every path matters (unit-variance activati
 weights far from their init, biases non-zero), so a missing `(1 + w)` or a wrong softcap
 changes the logits by far more than the test tolerance.
 """
+import json
+import shutil
+
 import torch
 import transformers
 
@@ -97,3 +100,54 @@ class ScriptedEngine:
             n = len(re.findall(r"\[The Begin of Response \d+\]", p))
             on_finish(i, 0, Completion(f"Analysis: ...\nScores: \\boxed{{{ScriptedEngine.answer(n)}}}", [1, 2], [],
                                        "stop"))
+
+
+# ---------------------------------------------------------------- tiny models with a real tokenizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+ITEMS = [
+    {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "2 + 3 = 6."},
+    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."},
+    {"prompt": [{"role": "user", "content": "Pick a colour."}], "responses": ["red", "dog", "7"], "best": 0},
+    {"prompt": "Is water wet?", "response": "Yes.", "label": 1},
+]
+
+
+def make_tiny_model(smollm2_path, path, seed: int = 0):
+    """A tiny random Llama (tied head) with SmolLM2's real tokenizer and chat template."""
+    path.mkdir(parents=True, exist_ok=True)
+    for f in TOKENIZER_FILES:
+        shutil.copy(smollm2_path / f, path / f)
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def make_tiny_deepseek(smollm2_path, path):
+    """A tiny random DeepSeek-V2 (MLA with YaRN, a dense first layer, then 64 experts of which
+    each token uses one, routed sharply so that some sit idle on a rank) with SmolLM2's tokenizer."""
+    path.mkdir(parents=True, exist_ok=True)
+    for f in TOKENIZER_FILES:
+        shutil.copy(smollm2_path / f, path / f)
+    torch.manual_seed(0)
+    yarn = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=512,
+                beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=0.707)
+    cfg = transformers.DeepseekV2Config(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+        n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=1, moe_intermediate_size=16,
+        first_k_dense_replace=1, max_position_embeddings=2048, rope_parameters=yarn,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = transformers.DeepseekV2ForCausalLM(cfg)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight.normal_(0, 5.0)
+    model.save_pretrained(path)
+    return path
+
+
+def write_items(path, items=ITEMS):
+    path.write_text("".join(json.dumps(it) + "\n" for it in items))
+    return path

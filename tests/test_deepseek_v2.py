@@ -11,7 +11,6 @@ import transformers
 import minigrm
 from factories import VOCAB, hf_model, save_hf
 from test_engine import PROMPTS, assert_triton_equals_torch, engine
-from test_training import one_thread  # noqa: F401 (autouse fixture)
 from minigrm import mla
 from minigrm.kernels import mla_decode
 from minigrm.config import ModelConfig
@@ -47,6 +46,8 @@ V2_LITE = dict(
     rope_parameters=dict(beta_fast=32, beta_slow=1, factor=40, mscale=0.707, mscale_all_dim=0.707,
                          original_max_position_embeddings=4096, rope_theta=10000, rope_type="yarn", type="yarn"),
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_diff(a, b):

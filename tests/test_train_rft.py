@@ -20,8 +20,9 @@ from minigrm.data import load_items, read_jsonl
 from minigrm.grm import Verdict
 from minigrm.meta_rm import load_meta_rm
 from minigrm.tokenizer import load_tokenizer
-from test_train_rl import tiny_deepseek  # noqa: F401 (fixture)
-from test_training import one_thread, tiny_model, write_items  # noqa: F401 (fixtures)
+from factories import write_items
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def common(tiny_model, data, out):
@@ -146,7 +147,7 @@ def test_meta_rm_mode(tiny_model, data, tmp_path, monkeypatch):
     assert abs(got[0] - got[1]) > 1e-6
 
 
-def test_rft_on_deepseek_v2(tiny_deepseek, data, tmp_path, monkeypatch):  # noqa: F811
+def test_rft_on_deepseek_v2(tiny_deepseek, data, tmp_path, monkeypatch):
     """Rejective sampling from the latent KV cache and SFT through MLA and the experts."""
     monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
     torch.set_num_threads(1)

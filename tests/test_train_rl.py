@@ -5,7 +5,6 @@ A random tiny model never writes a valid judgment, so most tests swap `grm.judge
 deterministic fake (reward from a hash of the sampled text) to get non-zero advantages."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,9 @@ import minigrm
 import train_rl
 from minigrm.data import read_jsonl
 from minigrm.grm import Verdict
-from test_training import TOKENIZER_FILES, one_thread, tiny_model, write_items  # noqa: F401 (fixtures)
+from factories import write_items
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(train_rl.__file__).resolve().parent
 FAKE_JUDGE = '''
@@ -168,30 +169,6 @@ def test_two_processes_equal_one(full_run, tiny_model, data, tmp_path, fsdp):
     a = load_file(out / "checkpoint-2" / "model.safetensors")
     b = load_file(full_run / "checkpoint-2" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
-
-
-@pytest.fixture(scope="module")
-def tiny_deepseek(smollm2_path, tmp_path_factory):
-    """A tiny random DeepSeek-V2 (MLA with YaRN, a dense first layer, then 64 experts of which
-    each token uses one, routed sharply so that some sit idle on a rank) with SmolLM2's tokenizer."""
-    path = tmp_path_factory.mktemp("deepseek") / "model"
-    path.mkdir()
-    for f in TOKENIZER_FILES:
-        shutil.copy(smollm2_path / f, path / f)
-    torch.manual_seed(0)
-    yarn = dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=512,
-                beta_fast=32, beta_slow=1, mscale=0.707, mscale_all_dim=0.707)
-    cfg = transformers.DeepseekV2Config(
-        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
-        n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=1, moe_intermediate_size=16,
-        first_k_dense_replace=1, max_position_embeddings=2048, rope_parameters=yarn,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model = transformers.DeepseekV2ForCausalLM(cfg)
-    with torch.no_grad():
-        model.model.layers[1].mlp.gate.weight.normal_(0, 5.0)
-    model.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

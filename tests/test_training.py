@@ -1,9 +1,6 @@
 """minigrm.training: the log-prob forward, atomic checkpoints that transformers and minigrm
-load, optimizer/RNG resume, metric reduction and the Ctrl-C guard. Also home of the tiny
-real-tokenizer model that test_train_rl.py and test_train_rft.py build on."""
-import json
+load, optimizer/RNG resume, metric reduction and the Ctrl-C guard."""
 import os
-import shutil
 import signal
 
 import pytest
@@ -16,45 +13,7 @@ from minigrm.distributed import Dist
 from minigrm.logprob import sequence_logprobs
 from minigrm.optim import make_optimizer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-ITEMS = [
-    {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "2 + 3 = 6."},
-    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."},
-    {"prompt": [{"role": "user", "content": "Pick a colour."}], "responses": ["red", "dog", "7"], "best": 0},
-    {"prompt": "Is water wet?", "response": "Yes.", "label": 1},
-]
-
-
-def make_tiny_model(smollm2_path, path, seed: int = 0):
-    """A tiny random Llama (tied head) with SmolLM2's real tokenizer and chat template."""
-    path.mkdir(parents=True, exist_ok=True)
-    for f in TOKENIZER_FILES:
-        shutil.copy(smollm2_path / f, path / f)
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
-def write_items(path, items=ITEMS):
-    path.write_text("".join(json.dumps(it) + "\n" for it in items))
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model(smollm2_path, tmp_path_factory):
-    return make_tiny_model(smollm2_path, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two busy cores run these tiny models far faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_logprob_forward_equals_sequence_logprobs(tiny_model):
