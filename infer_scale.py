@@ -29,14 +29,11 @@ from pathlib import Path
 import torch
 
 import minigrm
-from minigrm import cli, distributed, grm, runs
+from minigrm import cli, distributed, grm, judgments, runs
 from minigrm.data import append_jsonl, load_items, read_results
 from minigrm.engine import Engine
-from minigrm.evaluate import summarize
 from minigrm.meta_rm import check_meta_rm_folder, load_meta_rm
 from minigrm.report import print_table, write_results
-from minigrm.sampling import SamplingParams
-from minigrm.voting import k_meta_for, permute, voting_at_k
 
 DEMO = Path(__file__).resolve().parent / "minigrm" / "demo"
 GREEDY = grm.GREEDY
@@ -87,13 +84,6 @@ def parse_args(argv=None):
     return args
 
 
-def ks_up_to(k_max: int) -> list[int]:
-    ks = [1]
-    while ks[-1] * 2 <= k_max:
-        ks.append(ks[-1] * 2)
-    return ks if ks[-1] == k_max else ks + [k_max]
-
-
 def model_dtype(args, d) -> torch.dtype:
     return getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if d.device.type == "cuda" else torch.float32)
 
@@ -117,97 +107,28 @@ def sample_judgments(items, args, d, path) -> None:
     model = minigrm.load_model(args.model, dtype=model_dtype(args, d), device=d.device)
     tok = minigrm.load_tokenizer(args.model, chat_template=args.chat_template)
     engine = Engine(model, tok, max_num_seqs=args.max_num_seqs, progress=not args.no_progress)
-    refused = []
-    per_chunk = args.chunk * (args.k_max + 1)
-    for start in range(0, len(todo), per_chunk):
-        chunk = todo[start:start + per_chunk]
-        for greedy in (True, False):
-            jobs = [(it, s) for it, s in chunk if (s == GREEDY) == greedy]
-            if not jobs:
-                continue
-            orders = [grm.order(it, s, args.seed) for it, s in jobs]
-            prompts = [tok.apply_chat_template(grm.messages(it, o, baseline=args.judge_baseline))
-                       for (it, _), o in zip(jobs, orders)]
-            params = SamplingParams(temperature=0.0 if greedy else args.temperature, max_tokens=args.max_tokens)
-
-            def save(i, _, c, jobs=jobs, orders=orders):
-                item, sample = jobs[i]
-                v = grm.judge(item, orders[i], c.text, c.finish_reason, baseline=args.judge_baseline)
-                append_jsonl(path, {"item": str(item.id), "sample": sample, "order": orders[i],
-                                    "scores": v.scores, "reason": v.reason, "tokens": len(c.token_ids),
-                                    "finish_reason": c.finish_reason, "text": c.text, "error": c.error})
-                if c.finish_reason == "error":
-                    refused.append(f"{item.id}: {c.error}")
-            engine.generate(prompts, params, on_finish=save,
-                            seeds=[grm.stream_seed(it, s, args.seed) for it, s in jobs])
+    refused = judgments.sample(engine, tok, todo, args.temperature, args.max_tokens, args.seed,
+                               lambda record: append_jsonl(path, record), baseline=args.judge_baseline,
+                               chunk=args.chunk * (args.k_max + 1))
     if refused:
         print(f"[rank {d.rank}] {len(refused)} judgments refused by the engine, counted invalid ({refused[0]})")
     del engine, model
 
 
-def rate_judgments(items, args, d, judgments, path) -> None:
+def rate_judgments(items, args, d, records, path) -> None:
     """Append the meta reward of every sampled judgment that has none yet."""
     done = {(r["item"], r["sample"]) for r in read_results(path)}
-    by_id = {str(it.id): it for it in items}
-    todo = [r for r in judgments if r["sample"] != GREEDY and (r["item"], r["sample"]) not in done]
+    todo = [r for r in records if r["sample"] != GREEDY and (r["item"], r["sample"]) not in done]
     if not todo:
         return
     meta = load_meta_rm(args.meta_rm, dtype=model_dtype(args, d), device=d.device, chat_template=args.chat_template)
     too_long = 0
     for start in range(0, len(todo), 256):
-        batch = todo[start:start + 256]
-        rewards = meta.score([by_id[r["item"]].prompt for r in batch],
-                             [permute(by_id[r["item"]].responses, r["order"]) for r in batch],
-                             [r["text"] for r in batch])
-        for r, m in zip(batch, rewards):  # None: longer than the meta RM's context, ranked last
-            too_long += m is None
-            append_jsonl(path, {"item": r["item"], "sample": r["sample"], "meta": m,
-                                "reason": None if m is not None else "longer than the meta RM's context"})
+        for r in judgments.rate(meta, items, todo[start:start + 256]):
+            too_long += r["meta"] is None
+            append_jsonl(path, r)
     if too_long:
         print(f"[rank {d.rank}] {too_long} judgments too long for the meta RM: ranked last by MetaRM@k")
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-def item_record(item, judged: list[dict], meta: list[float] | None, seed: int) -> dict:
-    """One item's result under one setting; judged = its judgment records (k of them)."""
-    k = len(judged)
-    v = voting_at_k([r["scores"] for r in judged], item.truth, rng_seed=grm.tie_seed(item, seed),
-                    meta_rewards=meta, k_meta=k_meta_for(k) if meta is not None else None)
-    rec = {"id": str(item.id), "subset": item.subset, "benchmark": item.benchmark, "n_samples": k,
-           "n_invalid": v.n_invalid, "n_truncated": sum(r["finish_reason"] == "length" for r in judged)}
-    if item.kind == "single":
-        rec.update(score=v.mean, label=item.truth[0])
-    elif v.correct is None:  # several correct responses (RewardBench 2 Ties)
-        rec.update(truth=item.truth, summed=v.summed)
-    else:
-        rec.update(correct=v.correct, correct_strict=v.correct_strict, credit=v.credit,
-                   n_responses=len(item.responses))
-    return rec
-
-
-def settings_to_report(k_max: int, with_meta: bool) -> list[tuple[str, object, bool]]:
-    out = [("Greedy", GREEDY, False)] + [(f"Voting@{k}", k, False) for k in ks_up_to(k_max)]
-    return out + ([(f"MetaRM@{k}", k, True) for k in ks_up_to(k_max) if k >= 2] if with_meta else [])
-
-
-def evaluate(items, judgments, metas, args) -> list[dict]:
-    """{setting: summary} rows for every setting (Greedy, Voting@k, MetaRM@k)."""
-    by_item = {}
-    for r in judgments:
-        by_item.setdefault(r["item"], {})[r["sample"]] = r
-    meta = {(r["item"], r["sample"]): r["meta"] if r["meta"] is not None else float("-inf") for r in metas}
-    rows = []
-    for name, k, use_meta in settings_to_report(args.k_max, bool(metas)):
-        records = []
-        for it in items:
-            got = by_item[str(it.id)]
-            judged = [got[GREEDY]] if k == GREEDY else [got[j] for j in range(k)]
-            m = [meta[(str(it.id), j)] for j in range(k)] if use_meta else None
-            records.append(item_record(it, judged, m, args.seed))
-        rows.append({"setting": name, "k": 1 if k == GREEDY else k,
-                     **summarize(records, n_boot=args.n_boot, seed=args.seed)})
-    return rows
 
 
 def main(argv=None):
@@ -235,9 +156,9 @@ def main(argv=None):
             sys.exit(130)
         d.barrier()
         if d.main:
-            judgments = [r for f in sorted(out.glob("judgments*.jsonl")) for r in read_results(f)]
+            records = [r for f in sorted(out.glob("judgments*.jsonl")) for r in read_results(f)]
             metas = [r for f in sorted(out.glob("meta*.jsonl")) for r in read_results(f)] if args.meta_rm else []
-            rows = evaluate(items, judgments, metas, args)
+            rows = judgments.settings_rows(items, records, metas, args.k_max, args.seed, args.n_boot)
             title = f"{Path(args.model).name}: {len(items)} items, k_max={args.k_max}, T={args.temperature}"
             print(f"\n{args.model} on {', '.join(args.data)}: {len(items)} items, k_max={args.k_max}, "
                   f"T={args.temperature}, seed {args.seed}")

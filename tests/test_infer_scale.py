@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import transformers
 import infer_scale
 import minigrm
 from minigrm.data import load_items, read_jsonl
+from minigrm.judgments import settings_rows
 from minigrm.meta_rm import load_meta_rm
 
 ITEMS = [
@@ -91,10 +91,6 @@ def test_meta_rm_equals_transformers_sequence_classifier(meta_rm_path):
     assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-4
 
 
-def make_args(**kw):
-    return Namespace(**{"k_max": 4, "seed": 0, "n_boot": 20, **kw})
-
-
 def test_voting_and_meta_rm_on_constructed_judgments(tmp_path):
     """A judge right on half its samples: voting ties, the meta RM (which knows which judgments
     are right) makes MetaRM@k always correct."""
@@ -107,7 +103,7 @@ def test_voting_and_meta_rm_on_constructed_judgments(tmp_path):
         right = j % 2 == 1
         judgments.append(rec(j, [8, 2] if right else [2, 8]))  # original order: chosen first
         metas.append({"item": "1", "sample": j, "meta": 5.0 if right else -5.0})
-    rows = {r["setting"]: r for r in infer_scale.evaluate(items, judgments, metas, make_args())}
+    rows = {r["setting"]: r for r in settings_rows(items, judgments, metas, k_max=4, seed=0, n_boot=20)}
     assert rows["Greedy"]["accuracy"]["value"] == 0.0
     assert rows["MetaRM@2"]["accuracy"]["value"] == 1.0 and rows["MetaRM@4"]["accuracy"]["value"] == 1.0
     assert rows["Voting@4"]["accuracy_strict"]["value"] == 0.0  # 2 right + 2 wrong: a tie
