@@ -54,18 +54,21 @@ from pathlib import Path
 
 import torch
 
-from minigrm import cli, distributed, grm, runs, training
+from minigrm import cli, distributed, grm, judgments, runs, training
 from minigrm.checkpoint import load_model
 from minigrm.config import ModelConfig
 from minigrm.data import append_jsonl, load_items, read_jsonl, read_results, write_json, write_jsonl
 from minigrm.engine import Engine
 from minigrm.kv_cache import kv_bytes_per_token
-from minigrm.meta_rm import bce_loss, classifier_from, meta_batches
+from minigrm.heldout import HeldOut, MetaHeldOut
+from minigrm.meta_rm import MetaRM, bce_loss, classifier_from, meta_batches
 from minigrm.optim import clip_grad_norm, lr_at, make_optimizer, set_lr
 from minigrm.rft import chat_example, select, sft_batches, sft_loss
 from minigrm.prompts import meta_rm_messages
 from minigrm.sampling import SamplingParams
+from minigrm.throughput import mfu, train_flops
 from minigrm.tokenizer import load_tokenizer
+from minigrm.tracking import Tracker
 from minigrm.voting import permute
 
 
@@ -84,33 +87,17 @@ def parse_args(argv=None):
     ap.add_argument("--meta-rm", action="store_true", help="train a meta RM (scalar head) instead of the GRM")
     ap.add_argument("--extra-trajectories", default=None,
                     help="meta RM: JSONL of more judgments {'item', 'order', 'text'} from the GRM to guide")
-    ap.add_argument("--lr", type=cli.positive_float, default=None, help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
     ap.add_argument("--epochs", type=cli.positive_int, default=1, help="passes over the accepted trajectories")
     ap.add_argument("--max-tokens-per-batch", type=cli.positive_int, default=16384, help="padded tokens per micro-batch")
     ap.add_argument("--grad-accum", type=cli.positive_int, default=1, help="micro-batches per optimizer step (per rank)")
-    ap.add_argument("--warmup-steps", type=cli.nonneg_int, default=10, help="linear warmup steps")
-    ap.add_argument("--min-lr-ratio", type=cli.fraction, default=0.1, help="cosine decay ends at lr x this")
-    ap.add_argument("--weight-decay", type=cli.nonneg_float, default=0.0, help="AdamW weight decay (matrices only)")
-    ap.add_argument("--grad-clip", type=cli.positive_float, default=1.0, help="clip the global gradient norm to this")
-    ap.add_argument("--save-every", type=cli.positive_int, default=100, help="checkpoint every N steps (and at the end)")
-    ap.add_argument("--keep-last", type=cli.nonneg_int, default=2, help="keep only the last N checkpoints (0: all)")
-    ap.add_argument("--resume", nargs="?", const="latest", default=None,
-                    help="resume SFT from <out>/latest (no value) or from the given checkpoint folder")
-    ap.add_argument("--seed", type=int, default=0, help="seed of shuffles, samples and batch order")
-    ap.add_argument("--dtype", default="float32", type=cli.dtype_name, help="weight dtype (bf16 autocast on CUDA): float32 or bfloat16")
-    ap.add_argument("--device", default=None, type=cli.device_name, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--kv-cache-gb", type=cli.positive_float, default=2.0, help="KV cache of the sampling engine, per rank")
-    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
-    ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
-    ap.add_argument("--chat-template", default=None,
-                    help="chat template family for a folder whose template is not recognised (e.g. chatml)")
+    cli.add_training_args(ap, lr=None, lr_help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
     args = ap.parse_args(argv)
     args.sampler = args.sampler or args.model
     args.lr = args.lr if args.lr is not None else (1e-5 if args.meta_rm else 5e-6)
     return args
 
 
-VOLATILE = ("resume", "save_every", "keep_last", "device", "kv_cache_gb")  # may change on resume
+VOLATILE = cli.TRAINING_VOLATILE
 
 
 # ---------------------------------------------------------------------------- stage A: sampling
@@ -194,6 +181,29 @@ def meta_examples(records, by_id, tok) -> tuple[list[tuple[list[int], float]], i
     return out, skipped
 
 
+def heldout_evaluator(args, d, out: Path, model, tok):
+    """-> a function returning this step's held-out metrics (rank 0), or None without --eval-data:
+    GRM: greedy and Voting@K on the held-out items with the live weights; meta RM: ROC-AUC of its
+    reward on held-out judgments sampled once by --sampler (<out>/eval_judgments.jsonl)."""
+    if not args.eval_data or not d.main:
+        return None
+    items = load_items(args.eval_data)[:args.eval_limit]
+    if not args.meta_rm:
+        held, engine = HeldOut(items, args.eval_k, 0.5, args.max_tokens, args.seed), Engine(model, tok, progress=False)
+        return lambda: held.grm(engine, tok)
+    path = out / "eval_judgments.jsonl"
+    done = {(r["item"], r["sample"]) for r in read_results(path, required=("item", "sample"))}
+    jobs = [(it, j) for it in items for j in range(args.eval_k) if (str(it.id), j) not in done]
+    if jobs:
+        sampler = load_model(args.sampler, dtype=getattr(torch, args.dtype), device=d.device)
+        stok = load_tokenizer(args.sampler, chat_template=args.chat_template)
+        judgments.sample(Engine(sampler, stok, progress=False), stok, jobs, 0.5, args.max_tokens, args.seed,
+                         lambda r: append_jsonl(path, r))
+        del sampler
+    held = MetaHeldOut(items, read_results(path))
+    return lambda: held.auc(MetaRM(model, tok))
+
+
 # ---------------------------------------------------------------------------- main
 
 def fits(examples, limit: int, what: str, d) -> list:
@@ -272,6 +282,9 @@ def main(argv=None):
     log_path = out / "log.jsonl"
     if d.main:  # drop records of steps after the checkpoint we resume from (and a torn last line)
         write_jsonl(log_path, [r for r in read_results(log_path, required=("step",)) if r["step"] <= start])
+    tracker = Tracker(out, args.tensorboard, args.wandb_project, vars(args), enabled=d.main)
+    evaluate = heldout_evaluator(args, d, out, model, tok)
+    best_key = "eval/meta_auc" if args.meta_rm else f"eval/voting@{args.eval_k}"
 
     with training.interrupt_guard() as stop:
         for step in range(start, total):
@@ -294,15 +307,28 @@ def main(argv=None):
 
             m = training.reduce_metrics(d, {"loss": (loss_sum, 1.0), "tokens": (tokens, 1.0 / d.world),
                                             "time": (time.time() - t0, 1.0)})
-            record = {"step": step + 1, "epoch": epoch, **m, "lr": lr, "grad_norm": grad_norm}
+            record = {"step": step + 1, "epoch": epoch, **m, "lr": lr, "grad_norm": grad_norm,
+                      "update_tok_per_s": m["tokens"] / max(m["time"], 1e-9),  # tokens: all ranks'
+                      "mfu": mfu(train_flops(model, m["tokens"]) / d.world, m["time"], d.device)}
+            metric = None
+            if args.eval_data and ((step + 1) % args.eval_every == 0 or step + 1 == total):
+                with training.full_weights(policy):  # rank 0 evaluates on the full weights, the others wait
+                    model.eval()
+                    record.update(evaluate() if evaluate else {})
+                    model.train()
+                    d.barrier()
+                if args.keep_best:  # every rank must agree on whether to save: rank 0's number for all
+                    metric = d.all_sum([record.get(best_key, 0.0) if d.main else 0.0])[0]
             if d.main:
-                append_jsonl(log_path, record)
+                tracker.log(record)
                 print(f"step {step + 1}/{total} | loss {m['loss']:.4f} | lr {lr:.2e} | gnorm {grad_norm:.3f} | "
-                      f"tokens {m['tokens']:.0f} | {m['time']:.1f}s", flush=True)
+                      f"tokens {m['tokens']:.0f} | {m['time']:.1f}s" + "".join(
+                          f" | {k} {v:.3f}" for k, v in record.items() if k.startswith("eval/")), flush=True)
             if training.checkpoint_step(out, step + 1, total, model, policy, optimizer, d, stop,
                                         save_every=args.save_every, keep_last=args.keep_last,
-                                        tokenizer_dir=args.model, extra={"seed": args.seed}):
+                                        tokenizer_dir=args.model, extra={"seed": args.seed}, metric=metric):
                 break
+    tracker.close()
     if d.main:
         runs.release(out)
     distributed.shutdown()

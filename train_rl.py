@@ -52,13 +52,16 @@ import torch
 from minigrm import cli, distributed, grm, runs, training
 from minigrm.batching import right_pad
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, load_items, read_json_list, read_results, write_json, write_jsonl
+from minigrm.data import load_items, read_json_list, read_results, write_json, write_jsonl
 from minigrm.engine import Engine
 from minigrm.grpo import group_advantages, grpo_loss
+from minigrm.heldout import HeldOut
 from minigrm.kv_cache import kv_bytes_per_token
 from minigrm.optim import clip_grad_norm, lr_at, make_optimizer, set_lr
 from minigrm.sampling import SamplingParams
+from minigrm.throughput import mfu, train_flops
 from minigrm.tokenizer import load_tokenizer
+from minigrm.tracking import Tracker
 
 
 def parse_args(argv=None):
@@ -71,11 +74,6 @@ def parse_args(argv=None):
     ap.add_argument("--prompts-per-step", type=cli.positive_int, default=128,
                     help="prompts per step over all ranks; x group size = outputs per step (paper: 512)")
     ap.add_argument("--group-size", type=cli.positive_int, default=4, help="G, judgments sampled per prompt (paper: 4)")
-    ap.add_argument("--lr", type=cli.positive_float, default=4e-7, help="peak learning rate (paper: 4e-7)")
-    ap.add_argument("--min-lr-ratio", type=cli.fraction, default=0.1, help="cosine decay ends at lr x this")
-    ap.add_argument("--warmup-steps", type=cli.nonneg_int, default=10, help="linear warmup steps")
-    ap.add_argument("--weight-decay", type=cli.nonneg_float, default=0.0, help="AdamW weight decay (matrices only)")
-    ap.add_argument("--grad-clip", type=cli.positive_float, default=1.0, help="clip the global gradient norm to this")
     ap.add_argument("--beta", type=cli.nonneg_float, default=0.08, help="KL coefficient (paper: 0.08 for 27B, 0.002 for 16B)")
     ap.add_argument("--clip-eps", type=cli.positive_float, default=0.2, help="PPO clip range epsilon (open; 0.2 is conventional)")
     ap.add_argument("--epochs-per-batch", type=cli.positive_int, default=1, help="optimizer passes over each rollout batch")
@@ -87,26 +85,14 @@ def parse_args(argv=None):
                     help="drop items whose GRM prompt is longer (default: the model's context - --max-tokens)")
     ap.add_argument("--drop-too-easy", action="store_true",
                     help="before training, drop items the reference model judges right 3 out of 3 times")
-    ap.add_argument("--save-every", type=cli.positive_int, default=100, help="checkpoint every N steps (and at the end)")
-    ap.add_argument("--keep-last", type=cli.nonneg_int, default=2, help="keep only the last N checkpoints (0: all)")
-    ap.add_argument("--resume", nargs="?", const="latest", default=None,
-                    help="resume from <out>/latest (no value) or from the given checkpoint folder")
-    ap.add_argument("--seed", type=int, default=0, help="seed of data order, response shuffles and samples")
-    ap.add_argument("--dtype", default="float32", type=cli.dtype_name,
-                    help="weight dtype: float32 (default; bf16 autocast on CUDA) or bfloat16 (pure bf16)")
-    ap.add_argument("--device", default=None, type=cli.device_name, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--kv-cache-gb", type=cli.positive_float, default=2.0, help="KV cache of the sampling engine, per rank")
-    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
-    ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
-    ap.add_argument("--chat-template", default=None,
-                    help="chat template family for a folder whose template is not recognised (e.g. chatml)")
+    cli.add_training_args(ap, lr=4e-7, lr_help="peak learning rate (paper: 4e-7)")
     args = ap.parse_args(argv)
     if args.group_size < 2:
         ap.error("--group-size must be >= 2: GRPO's advantage compares the samples of a group")
     return args
 
 
-VOLATILE = ("resume", "save_every", "keep_last", "device", "kv_cache_gb", "steps")  # may change on resume
+VOLATILE = cli.TRAINING_VOLATILE + ("steps",)  # may change on resume
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -219,6 +205,9 @@ def main(argv=None):
     log_path = out / "log.jsonl"
     if d.main:  # drop records of steps after the checkpoint we resume from (and a torn last line)
         write_jsonl(log_path, [r for r in read_results(log_path, required=("step",)) if r["step"] <= start])
+    tracker = Tracker(out, args.tensorboard, args.wandb_project, vars(args), enabled=d.main)
+    heldout = HeldOut(load_items(args.eval_data)[:args.eval_limit], args.eval_k, 0.5, args.max_tokens, args.seed) \
+        if args.eval_data and d.main else None
 
     with training.interrupt_guard() as stop:
         for step in range(start, args.steps):
@@ -277,19 +266,35 @@ def main(argv=None):
                 "truncated_rate": (float(sum(c.finish_reason == "length" for s in outs for c in s)), n),
                 "kl": (sums["kl"], sums["tokens"]), "clip_frac": (sums["clip_frac"], sums["tokens"]),
                 "ratio": (sums["ratio"], sums["tokens"]),
-                "time_sample": (t1 - t0, 1.0), "time_update": (t2 - t1, 1.0)})
-            record = {"step": step + 1, **m, "lr": lr, "grad_norm": grad_norm, "outputs": n * d.world}
+                "time_sample": (t1 - t0, 1.0), "time_update": (t2 - t1, 1.0),
+                "gen_tokens": (float(sum(len(c.token_ids) for s in outs for c in s)), 1.0),
+                "update_tokens": (float(sum(int(ids.numel()) for ids, _, _ in micro)), 1.0)})
+            record = {"step": step + 1, **m, "lr": lr, "grad_norm": grad_norm, "outputs": n * d.world,
+                      "sample_tok_per_s": m["gen_tokens"] * d.world / max(t1 - t0, 1e-9),
+                      "update_tok_per_s": m["update_tokens"] * d.world / max(t2 - t1, 1e-9)}
+            flops = train_flops(model, m["update_tokens"] * d.world * args.epochs_per_batch) + train_flops(
+                model, m["update_tokens"] * d.world * 2, grad=False)  # + the old and reference forwards
+            record["mfu"] = mfu(flops / d.world, t2 - t1, d.device)
+            metric = None
+            if args.eval_data and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
+                with training.full_weights(policy):  # rank 0 evaluates on the full weights, the others wait
+                    record.update(heldout.grm(engine, tok) if heldout else {})
+                    d.barrier()
+                if args.keep_best:  # every rank must agree on whether to save: rank 0's number for all
+                    metric = d.all_sum([record.get(f"eval/voting@{args.eval_k}", 0.0) if d.main else 0.0])[0]
             if d.main:
-                append_jsonl(log_path, record)
+                tracker.log(record)
                 print(f"step {step + 1}/{args.steps} | loss {m['loss']:+.4f} | reward {m['reward_mean']:+.3f} | "
                       f"zero-std {m['frac_reward_zero_std']:.2f} | invalid {m['invalid_rate']:.2f} | "
                       f"kl {m['kl']:.4f} | clip {m['clip_frac']:.3f} | len {m['length']:.0f} | "
                       f"lr {lr:.2e} | gnorm {grad_norm:.3f} | sample {m['time_sample']:.1f}s "
-                      f"update {m['time_update']:.1f}s", flush=True)
+                      f"update {m['time_update']:.1f}s" + "".join(f" | {k} {v:.3f}" for k, v in record.items()
+                                                                  if k.startswith("eval/")), flush=True)
             if training.checkpoint_step(out, step + 1, args.steps, model, policy, optimizer, d, stop,
                                         save_every=args.save_every, keep_last=args.keep_last,
-                                        tokenizer_dir=args.model, extra={"seed": args.seed}):
+                                        tokenizer_dir=args.model, extra={"seed": args.seed}, metric=metric):
                 break
+    tracker.close()
     if d.main:
         runs.release(out)
     distributed.shutdown()

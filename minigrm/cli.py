@@ -74,3 +74,39 @@ def recorded_settings(args, paths: tuple[str, ...], ignore: tuple[str, ...]) -> 
             out[name] = [str(Path(v).resolve()) for v in values]
             out[name + "_hash"] = [runs.fingerprint(v) for v in values]
     return out
+
+
+def add_training_args(ap: argparse.ArgumentParser, lr: float | None, lr_help: str) -> None:
+    """The flags train_rft.py and train_rl.py share: optimizer and schedule, checkpoints and
+    resume, held-out evaluation, curves, devices. One definition, so both scripts agree."""
+    ap.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
+    ap.add_argument("--min-lr-ratio", type=fraction, default=0.1, help="cosine decay ends at lr x this")
+    ap.add_argument("--warmup-steps", type=nonneg_int, default=10, help="linear warmup steps")
+    ap.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="AdamW weight decay (matrices only)")
+    ap.add_argument("--grad-clip", type=positive_float, default=1.0, help="clip the global gradient norm to this")
+    ap.add_argument("--save-every", type=positive_int, default=100, help="checkpoint every N steps (and at the end)")
+    ap.add_argument("--keep-last", type=nonneg_int, default=2, help="keep only the last N checkpoints (0: all)")
+    ap.add_argument("--resume", nargs="?", const="latest", default=None,
+                    help="continue the run in --out (no value: <out>/latest) or from the given checkpoint folder")
+    ap.add_argument("--eval-data", nargs="+", default=None, help="held-out items evaluated during training")
+    ap.add_argument("--eval-every", type=positive_int, default=50, help="evaluate every N steps (and at the end)")
+    ap.add_argument("--eval-k", type=positive_int, default=4, help="held-out Voting@K (and greedy)")
+    ap.add_argument("--eval-limit", type=positive_int, default=200, help="held-out items used (the first N)")
+    ap.add_argument("--keep-best", action="store_true",
+                    help="keep the checkpoint with the best held-out metric (<out>/best names it)")
+    ap.add_argument("--tensorboard", action="store_true", help="also log to <out>/tensorboard (needs tensorboard)")
+    ap.add_argument("--wandb-project", default=None, help="also log to this wandb project (needs wandb)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data order, shuffles and samples")
+    ap.add_argument("--dtype", default="float32", type=dtype_name,
+                    help="weight dtype: float32 (default; bf16 autocast on CUDA) or bfloat16 (pure bf16)")
+    ap.add_argument("--device", default=None, type=device_name, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--kv-cache-gb", type=positive_float, default=2.0, help="KV cache of the sampling engine, per rank")
+    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
+    ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
+    ap.add_argument("--chat-template", default=None,
+                    help="chat template family for a folder whose template is not recognised (e.g. chatml)")
+
+
+# flags that may change when a training run is resumed (runs.take compares the others)
+TRAINING_VOLATILE = ("resume", "save_every", "keep_last", "device", "kv_cache_gb", "eval_every", "eval_k",
+                     "eval_limit", "eval_data", "keep_best", "tensorboard", "wandb_project")

@@ -49,9 +49,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .checkpoint import save_model
+from .data import write_json
 from .logprob import token_logprobs
 
 LATEST = "latest"
+BEST = "best"                   # --keep-best: {"checkpoint", "step", "metric"}
 STATE = "trainer_state.json"     # step, extra, world (JSON)
 OPTIMIZER = "optimizer.pt"      # the optimizer state dict (tensors and numbers only)
 CHECKPOINT = re.compile(r"checkpoint-\d+")
@@ -179,17 +181,33 @@ def stop_requested(d, stop) -> bool:
 
 
 def checkpoint_step(out, step: int, total: int, model, policy, optimizer, d, stop, *, save_every: int,
-                    keep_last: int, tokenizer_dir, extra: dict) -> bool:
-    """End of a training step: save every `save_every` steps, at the end and when interrupted
-    (all ranks together). -> True when the loop must stop (Ctrl-C / SIGTERM)."""
+                    keep_last: int, tokenizer_dir, extra: dict, metric: float | None = None) -> bool:
+    """End of a training step: save every `save_every` steps, at the end, when interrupted (all
+    ranks together), and when `metric` (--keep-best's held-out number, higher is better) beats the
+    best so far, which <out>/best then names. -> True when the loop must stop (Ctrl-C / SIGTERM)."""
     interrupted = stop_requested(d, stop)
-    if step % save_every == 0 or step == total or interrupted:
+    best = best_checkpoint(out) if metric is not None else None
+    improved = metric is not None and (best is None or metric > best["metric"])
+    if step % save_every == 0 or step == total or interrupted or improved:
         path = save_checkpoint(out, step, model, policy, optimizer, d, tokenizer_dir, extra, keep_last)
         if d.main:
-            print(f"saved {path}", flush=True)
+            if improved:
+                write_json(Path(out) / BEST, {"checkpoint": path.name, "step": step, "metric": metric})
+            print(f"saved {path}" + (f" (best held-out so far: {metric:.4f})" if improved else ""), flush=True)
     if interrupted and d.main:
         print(f"interrupted after step {step}: rerun with --resume to continue", flush=True)
     return interrupted
+
+
+def best_checkpoint(out) -> dict | None:
+    """--keep-best's record {"checkpoint", "step", "metric"}, or None."""
+    path = Path(out) / BEST
+    if not path.exists():
+        return None
+    best = json.loads(path.read_text())
+    if not CHECKPOINT.fullmatch(str(best.get("checkpoint"))):
+        raise ValueError(f"{path} names {best.get('checkpoint')!r}, not a checkpoint-<step> folder")
+    return best
 
 
 class _FullModel:
@@ -253,8 +271,10 @@ def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, 
         os.replace(pointer, out / LATEST)
         if keep_last > 0:  # only this run's: never a later step left by another run, never this one
             steps = sorted(int(p.name[11:]) for p in out.glob("checkpoint-*") if CHECKPOINT.fullmatch(p.name))
+            best = best_checkpoint(out)
             for old in [s for s in steps if s < step][:max(0, len([s for s in steps if s <= step]) - keep_last)]:
-                shutil.rmtree(out / f"checkpoint-{old}", ignore_errors=True)
+                if best is None or best["checkpoint"] != f"checkpoint-{old}":  # --keep-best's stays
+                    shutil.rmtree(out / f"checkpoint-{old}", ignore_errors=True)
     d.barrier()
     return final
 

@@ -31,7 +31,7 @@ def common(tiny_model, data, out):
             "--lr", "1e-3", "--warmup-steps", "1"]
 
 
-def fake_judge(item, order, text, finish_reason="stop", training=False):
+def fake_judge(item, order, text, finish_reason="stop", training=False, baseline=False):
     """Items 1 and 2 (pairs): judged right on about half their samples (a hash of the text)."""
     right = item.id in (1, 2) and zlib.crc32(text.encode()) % 2 == 1
     return Verdict([1] * len(item.responses), None, right, 1.0 if right else -1.0)
@@ -186,3 +186,20 @@ def test_a_sampler_with_another_vocabulary_gives_text_targets(tiny_model, data, 
         assert max(ids) < 49152
         assert tok.decode([t for t, m in zip(ids, mask) if m]) == r["text"] + "<|im_end|>\n"
     assert all(r["loss"] > 0 for r in read_jsonl(out / "log.jsonl"))
+
+
+def test_heldout_evaluation_in_both_modes(tiny_model, data, tmp_path, monkeypatch):
+    """GRM mode logs held-out greedy / Voting@K; meta-RM mode logs the meta RM's ROC-AUC on held-out
+    judgments sampled once by --sampler and labelled by Eq. 10."""
+    monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
+    grm_out = tmp_path / "grm"
+    train_rft.main(common(tiny_model, data, grm_out) + ["--max-tokens-per-batch", "1500", "--eval-data", str(data),
+                                                        "--eval-k", "2"])
+    last = list(read_jsonl(grm_out / "log.jsonl"))[-1]
+    assert {"eval/greedy", "eval/voting@2", "eval/invalid"} <= set(last)
+    meta_out = tmp_path / "meta"
+    train_rft.main(common(tiny_model, data, meta_out) + ["--meta-rm", "--max-tokens-per-batch", "600",
+                                                         "--eval-data", str(data), "--eval-k", "4"])
+    last = list(read_jsonl(meta_out / "log.jsonl"))[-1]
+    assert 0 <= last["eval/meta_auc"] <= 1 and 0 < last["eval/meta_positive"] < 1
+    assert len(list(read_jsonl(meta_out / "eval_judgments.jsonl"))) == 4 * 4

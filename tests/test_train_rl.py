@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(train_rl.__file__).resolve().parent
 FAKE_JUDGE = '''
-def fake_judge(item, order, text, finish_reason="stop", training=False):
+def fake_judge(item, order, text, finish_reason="stop", training=False, baseline=False):
     import zlib
     from minigrm.grm import Verdict
     right = bool(zlib.crc32(text.encode()) % 2)
@@ -214,3 +214,50 @@ def test_deepseek_v2_fsdp2_equals_one_process(deepseek_run, tiny_deepseek, data,
         assert a["reward_mean"] == b["reward_mean"] and a["length"] == b["length"]
         for key in ("loss", "grad_norm", "kl"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+
+
+def test_heldout_evaluation_keep_best_and_curves(tiny_model, data, tmp_path, monkeypatch):
+    """--eval-data: greedy and Voting@K on held-out items through infer_scale's code, logged at the
+    eval steps; --keep-best keeps the best one (not deleted by --keep-last 1); the log draws."""
+    from minigrm import heldout
+    calls, values = [], iter([0.25, 0.75, 0.5])
+
+    def fake_grm(self, engine, tok):  # the real one is pinned below; here: known numbers per eval
+        calls.append(len(self.items))
+        return {"eval/greedy": 0.5, "eval/voting@2": next(values), "eval/invalid": 0.0}
+    monkeypatch.setattr(train_rl.grm, "judge", fake_judge)
+    monkeypatch.setattr(heldout.HeldOut, "grm", fake_grm)
+    out = tmp_path / "run"
+    train_rl.main(common(tiny_model, data, out, steps=6) + ["--eval-data", str(data), "--eval-every", "2",
+                                                            "--eval-k", "2", "--keep-best", "--keep-last", "1",
+                                                            "--save-every", "100"])
+    records = log(out)
+    assert [r["step"] for r in records if "eval/voting@2" in r] == [2, 4, 6] and calls == [4, 4, 4]
+    assert all(r["sample_tok_per_s"] > 0 and r["update_tok_per_s"] > 0 and r["mfu"] is None for r in records)
+    best = json.loads((out / "best").read_text())
+    assert best == {"checkpoint": "checkpoint-4", "step": 4, "metric": 0.75}
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+
+    from minigrm.curves import main as curves
+    curves([str(out), "--smooth", "2"])
+    svg = (out / "curves.svg").read_text()
+    for name in ("reward_mean", "kl", "eval/voting@2", "invalid_rate", "length"):
+        assert f">{name}<" in svg
+
+
+def test_the_heldout_grm_evaluation_equals_infer_scale(tiny_model, data, tmp_path):
+    """heldout.HeldOut runs infer_scale's own sampling and scoring: same numbers for the same weights."""
+    import infer_scale
+    from minigrm.data import load_items
+    from minigrm.heldout import HeldOut
+    items = load_items(data)
+    model = minigrm.load_model(tiny_model)
+    tok = minigrm.load_tokenizer(tiny_model)
+    got = HeldOut(items, k=2, temperature=0.5, max_tokens=12, seed=5).grm(minigrm.Engine(model, tok, progress=False),
+                                                                           tok)
+    infer_scale.main(["--model", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "is"), "--k-max", "2",
+                      "--max-tokens", "12", "--seed", "5", "--no-meta-rm", "--no-progress", "--device", "cpu",
+                      "--n-boot", "1"])
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "is" / "results.json").read_text())}
+    assert got["eval/greedy"] == rows["Greedy"]["accuracy"]["value"]
+    assert got["eval/voting@2"] == rows["Voting@2"]["accuracy"]["value"]
