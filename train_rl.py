@@ -27,8 +27,9 @@ Deviations from the paper's GRPO, and open choices (GRM_SPEC marks them open):
     as frac_reward_zero_std); see grpo.py.
   - One reference model for the whole run (the policy's initialisation unless --ref-model),
     never refreshed; the paper does not say it was updated.
-  - Old log-probs are recomputed by the training forward, not taken from the sampler, so
-    ρ = 1 exactly on the first pass over a batch (the sampler's kernels round differently).
+  - Old log-probs come from the training forward, not from the sampler (whose kernels round
+    differently), so ρ = 1 exactly on the first pass over a batch; with one pass (the default) they
+    are the current log-probs detached, which saves a forward and gives the same gradient.
   - A truncated judgment (hit --max-tokens) is invalid, even if it closed its \\boxed{}: the
     same rule infer_scale.py applies.
   - --epochs-per-batch passes over each rollout batch, one optimizer step per pass (GRPO's μ);
@@ -231,10 +232,11 @@ def main(argv=None):
                       adv[s:s + args.micro_batch_size].to(d.device))
                      for s in range(0, len(seqs), args.micro_batch_size)]
             t1 = time.time()
-            # 4. old (policy before the update) and reference log-probs, same forward, no grad
+            # 4. reference log-probs and, with several passes over the batch, the old policy's (no grad);
+            #    with one pass the old log-probs ARE the current ones, detached: no extra forward (as TRL)
             with torch.no_grad():
-                old = [policy(ids, mask) for ids, mask, _ in micro]
                 ref_lp = [ref_policy(ids, mask) for ids, mask, _ in micro]
+                old = [policy(ids, mask) for ids, mask, _ in micro] if args.epochs_per_batch > 1 else None
             # 5. loss and update: one optimizer step per pass over the batch
             lr = lr_at(step, args.lr, args.warmup_steps, args.steps, args.min_lr_ratio)
             set_lr(optimizer, lr)
@@ -243,7 +245,8 @@ def main(argv=None):
                 for k, (ids, mask, a) in enumerate(micro):
                     with training.grad_sync(policy, k == len(micro) - 1):
                         logp = policy(ids, mask)  # (b, T-1)
-                        loss, stats = grpo_loss(logp, old[k], ref_lp[k], a, mask[:, 1:], args.clip_eps, args.beta)
+                        old_k = logp.detach() if old is None else old[k]
+                        loss, stats = grpo_loss(logp, old_k, ref_lp[k], a, mask[:, 1:], args.clip_eps, args.beta)
                         (loss * len(a) / len(seqs)).backward()  # the rank's mean over outputs
                     n_tok = float(mask.sum())
                     sums["loss"] += loss.item() * len(a) / len(seqs) / args.epochs_per_batch
@@ -273,7 +276,7 @@ def main(argv=None):
                       "sample_tok_per_s": m["gen_tokens"] * d.world / max(t1 - t0, 1e-9),
                       "update_tok_per_s": m["update_tokens"] * d.world / max(t2 - t1, 1e-9)}
             flops = train_flops(model, m["update_tokens"] * d.world * args.epochs_per_batch) + train_flops(
-                model, m["update_tokens"] * d.world * 2, grad=False)  # + the old and reference forwards
+                model, m["update_tokens"] * d.world * (1 + (args.epochs_per_batch > 1)), grad=False)  # ref (+ old)
             record["mfu"] = mfu(flops / d.world, t2 - t1, d.device)
             metric = None
             if args.eval_data and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
