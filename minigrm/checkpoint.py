@@ -48,8 +48,12 @@ def expected_keys(model: CausalLM) -> set[str]:
     return keys
 
 
-def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> CausalLM:
-    """An HF folder -> CausalLM in `dtype` on `device`, streaming one tensor at a time."""
+def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", adapter=None, merge: bool = False) -> CausalLM:
+    """An HF folder -> CausalLM in `dtype` on `device`, streaming one tensor at a time. With
+    `adapter` (a PEFT LoRA folder), the base plus that adapter; `merge` folds it in (adapter.py)."""
+    if adapter is not None:
+        from .adapter import load_model as load_with_adapter  # late import: adapter.py imports this file
+        return load_with_adapter(path, adapter, merge, dtype, device)
     path = Path(path)
     config = ModelConfig.from_pretrained(path)
     with torch.device("meta"):
