@@ -119,11 +119,17 @@ def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int =
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (path / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer_dir) / name).exists():
-                shutil.copy2(Path(tokenizer_dir) / name, path / name)
+    copy_tokenizer(tokenizer_dir, path)
     return path
+
+
+def copy_tokenizer(src, dst) -> None:
+    """Copy the tokenizer files of folder `src` (if any; None: nothing) into `dst`."""
+    if src is None:
+        return
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).exists():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
 def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

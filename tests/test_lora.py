@@ -10,7 +10,8 @@ import transformers
 
 import minigrm
 from factories import VOCAB, hf_model, save_hf
-from minigrm import adapter, lora
+from minigrm import adapter, lora, training
+from minigrm.distributed import Dist
 from minigrm.meta_rm import classifier_from
 from minigrm.optim import make_optimizer
 from minigrm.training import LogprobForward
@@ -236,3 +237,39 @@ def test_bf16_base_with_fp32_adapters(tmp_path):
     assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     with torch.no_grad():
         assert max_diff(out.float(), ref(ids())) < 0.05 * ref(ids()).abs().max()  # bf16 rounding only
+
+
+def test_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tmp_path):
+    """training.save_checkpoint writes the adapter (PEFT's format) and the adapters' AdamW state;
+    load_model(base, adapter=checkpoint) + load_checkpoint continue exactly."""
+    path = save_hf(hf_model("qwen3"), tmp_path / "base")
+    batches = [(ids(seed=s), torch.ones(2, 30, dtype=torch.bool)) for s in range(3)]
+
+    def start(model):
+        policy = LogprobForward(model.train())
+        return policy, make_optimizer(policy, 1e-2)
+
+    def step(policy, opt, k):
+        (-policy(*batches[k]).mean()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model = lora.add_lora(minigrm.load_model(path), r=4, alpha=8)
+    policy, opt = start(model)
+    for k in range(2):
+        step(policy, opt, k)
+    ckpt = training.save_checkpoint(tmp_path / "run", 2, model, policy, opt, Dist(), path)
+    step(policy, opt, 2)  # the uninterrupted run's third step
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "rng-rank0.pt", "trainer_state.pt"} <= names
+    assert not any(n.startswith("model") for n in names)  # no copy of the frozen base
+    n_adapters = len(lora.trainable_state_dict(model))
+    assert len(torch.load(ckpt / "trainer_state.pt", weights_only=False)["optimizer"]["state"]) == n_adapters
+
+    resumed = minigrm.load_model(path, adapter=ckpt)
+    policy2, opt2 = start(resumed)
+    assert training.load_checkpoint(ckpt, policy2, opt2, Dist())["step"] == 2
+    step(policy2, opt2, 2)
+    want, got = lora.trainable_state_dict(model), lora.trainable_state_dict(resumed)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(m.lora_B.weight.abs().sum() > 0 for _, m in lora.lora_layers(resumed))  # B has trained

@@ -1,5 +1,6 @@
 """LoRA under DDP and FSDP2 (2 gloo ranks on CPU): two optimizer steps give the same adapters as one
-process, only adapter tensors are gathered and saved, merged weights work inside full_weights.
+process, checkpoints hold the adapters and their optimizer state only, merged weights work inside
+full_weights.
 
 This file is also the worker: `torchrun --nproc_per_node=2 tests/test_lora_distributed.py ...`.
 """
@@ -17,9 +18,9 @@ STEPS, BATCH, T = 2, 4, 24
 
 
 def worker(argv=None):
-    """Two LoRA steps on a fixed batch split over the ranks; rank 0 writes the adapter folder and
-    `result.pt` (adapters, optimizer-state names, logits of the merged model under full_weights)."""
-    from minigrm import adapter, distributed, lora, training
+    """Two LoRA steps on a fixed batch split over the ranks, then a checkpoint (training.py) and
+    `result.pt` (adapters, gradient norms, logits of the plain and merged model under full_weights)."""
+    from minigrm import distributed, lora, training
     from minigrm.checkpoint import load_model
     from minigrm.optim import make_optimizer
 
@@ -50,19 +51,13 @@ def worker(argv=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     state = lora.trainable_state_dict(policy)  # every rank: FSDP2 gathers the adapters' shards
-    if args.fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        optim = get_optimizer_state_dict(policy, optimizer, options=StateDictOptions(full_state_dict=True))
-    else:
-        optim = optimizer.state_dict()
+    training.save_checkpoint(Path(args.out) / "run", STEPS, model, policy, optimizer, d, args.model)
     with training.full_weights(policy), torch.no_grad():
         plain = model(ids)
         with lora.merged(model):
             merged = model(ids)
     if d.main:
-        adapter.save_adapter(model, Path(args.out) / "adapter", args.model, state_dict=state)
-        torch.save({"state": state, "optim_keys": sorted(map(str, optim["state"])), "plain": plain,
-                    "merged": merged, "norms": norms}, Path(args.out) / "result.pt")
+        torch.save({"state": state, "plain": plain, "merged": merged, "norms": norms}, Path(args.out) / "result.pt")
     distributed.shutdown()
 
 
@@ -98,14 +93,17 @@ def test_fsdp2_and_ddp_lora_steps_equal_one_process(tmp_path):
         # element that is nearly a cancelling sum turns the ranks' rounding into ~1e-6 differences
         for k in one["state"]:
             torch.testing.assert_close(two["state"][k], one["state"][k], rtol=0, atol=1e-5)
-        assert len(two["optim_keys"]) == len(one["state"])  # AdamW state of the adapters only
+        ckpt = out / "run" / "checkpoint-2"
+        optim = torch.load(ckpt / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+        assert len(optim) == len(one["state"])  # AdamW state of the adapters only
+        assert not (ckpt / "model.safetensors").exists()
         torch.testing.assert_close(two["merged"], two["plain"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(two["plain"], one["plain"], rtol=1e-4, atol=1e-4)
-        loaded = minigrm.load_model(path, adapter=out / "adapter")
+        loaded = minigrm.load_model(path, adapter=ckpt)
         with torch.no_grad():
             ids = torch.randint(3, 96, (BATCH, T), generator=torch.Generator().manual_seed(0))
             torch.testing.assert_close(loaded(ids), one["plain"], rtol=1e-4, atol=1e-4)
-    assert (one_dir / "adapter" / "adapter_config.json").exists()
+    assert (one_dir / "run" / "checkpoint-2" / "adapter_config.json").exists()
 
 
 if __name__ == "__main__":
