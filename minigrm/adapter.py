@@ -24,6 +24,11 @@ Contract:
     merge_state_dict(state, scaling) -> plain HF state dict with B A folded in
     save_merged(model, folder, tokenizer_dir=None, state_dict=None) -> folder   (an HF folder)
 
+DeepSeek-V2 in PEFT: transformers 5 stores routed experts fused (3-D parameters), and PEFT 0.21
+turns gate_proj/up_proj/down_proj targets on such a model into expert *parameter* targets, so
+it drops the dense and shared-expert MLP adapters minigrm writes; attention adapters (q_proj,
+kv_a_proj_with_mqa, kv_b_proj, o_proj) load there as they do in minigrm.
+
 Refused with an error naming the field: PEFT options that change the math and that we do not
 implement (DoRA, per-layer rank/alpha patterns, LoRA biases, fan_in_fan_out, layer subsets,
 target_parameters, trainable tokens). use_rslora is read (scaling alpha / sqrt(r)).
@@ -157,7 +162,7 @@ def load_model(base, adapter=None, merge: bool = False, dtype=torch.float32, dev
         model = classifier_from(base, dtype, device, seed=0).eval()  # its random score is replaced below
     else:
         model = checkpoint.load_model(base, dtype=dtype, device=device)
-    load_adapter(model.to(device), adapter)
+    load_adapter(model, adapter)
     if not merge:
         return model
     lora.merge(model)

@@ -17,6 +17,7 @@ Contract:
              modules_to_save=None, seed=0, dtype=torch.float32) -> model     (in place)
     merge(model) / unmerge(model)   fold scaling * B A into W in place / take it out again
     with merged(model): engine.generate(...)    merged for the duration, W restored exactly
+    with disabled(model): ref = policy(ids, mask)   the base model (GRPO's reference, no copy)
     trainable_state_dict(module) -> {name: full tensor}; load_trainable_state_dict(model, state)
 
 Sampling "never stale": the Engine runs the model's own modules, so it samples from W + BA with
@@ -25,7 +26,9 @@ makes each projection one matmul again: on entry W <- W + scaling * B A (compute
 rounding), on exit W is copied back from a backup held on `backup_device` (default CPU, so
 device memory does not grow): bit-exact. `exact=False` subtracts instead (no backup; W comes
 back within one rounding per element, and with bf16 weights those roundings accumulate over
-hundreds of steps, hence not the default). `unmerge` subtracts, like PEFT's.
+hundreds of steps, hence not the default). `unmerge` subtracts, like PEFT's. An Engine with
+cuda_graphs replays the path taken when it captured (at construction): build it and sample
+either always inside `merged` or never, not both.
 
 Choices: adapters are fp32 (`dtype`) even over bf16 base weights (they are the only master
 weights AdamW updates); their input is cast to their dtype and the update back to the output's.
@@ -78,10 +81,10 @@ class LoRALinear(nn.Linear):
     """nn.Linear (the same weight and bias Parameters) plus scaling * B A; see the module doc."""
 
     def __init__(self, base: nn.Linear, r: int, scaling: float, dropout: float, dtype, generator):
-        nn.Module.__init__(self)
+        nn.Module.__init__(self)  # not nn.Linear's: that would allocate a second weight
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
-        self.scaling, self.dropout, self.merged = scaling, dropout, False
+        self.scaling, self.dropout, self.merged, self.disabled = scaling, dropout, False, False
         kw = dict(bias=False, device=base.weight.device, dtype=dtype)
         self.lora_A = nn.Linear(self.in_features, r, **kw)  # (r, in)
         self.lora_B = nn.Linear(r, self.out_features, **kw)  # (out, r)
@@ -93,7 +96,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
-        if self.merged:
+        if self.merged or self.disabled:
             return y
         h = x.to(self.lora_A.weight.dtype)
         h = F.dropout(h, self.dropout, training=self.training and torch.is_grad_enabled())
@@ -187,6 +190,22 @@ def merged(model: nn.Module, exact: bool = True, backup_device="cpu"):
             for i, m in enumerate(layers):
                 m.weight.copy_(backup[i] if exact else m.weight.float() - m.delta_weight())
                 m.merged = False
+
+
+@contextmanager
+def disabled(model: nn.Module):
+    """The base model for the duration (the adapters skipped, nothing copied): GRPO's reference
+    log-probs when the reference is the base, without a second copy of the weights."""
+    layers = [m for _, m in lora_layers(model)]
+    if any(m.merged for m in layers):
+        raise RuntimeError("lora.disabled: the adapters are merged into the weights (leave lora.merged first)")
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 def _is_fsdp(module) -> bool:

@@ -273,3 +273,19 @@ def test_lora_checkpoint_holds_adapters_only_and_resumes_exactly(tmp_path):
     want, got = lora.trainable_state_dict(model), lora.trainable_state_dict(resumed)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert any(m.lora_B.weight.abs().sum() > 0 for _, m in lora.lora_layers(resumed))  # B has trained
+
+
+def test_disabled_adapters_give_the_base_model(tmp_path):
+    """GRPO's reference log-probs from the policy itself: the base, exactly, and no copy."""
+    path = save_hf(hf_model("gemma2"), tmp_path / "base")
+    base = LogprobForward(minigrm.load_model(path))
+    policy = LogprobForward(randomize(lora.add_lora(minigrm.load_model(path), r=4, alpha=8)))
+    x, mask = ids(), torch.ones(2, 30, dtype=torch.bool)
+    with torch.no_grad():
+        adapted = policy(x, mask)
+        with lora.disabled(policy.lm):
+            assert torch.equal(policy(x, mask), base(x, mask))
+        assert torch.equal(policy(x, mask), adapted) and max_diff(adapted, base(x, mask)) > 100 * TOL
+        with lora.merged(policy.lm), pytest.raises(RuntimeError, match="merged"):
+            with lora.disabled(policy.lm):
+                pass
