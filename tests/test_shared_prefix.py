@@ -87,3 +87,15 @@ def test_rows_must_share_the_prompt(tmp_path):
         sequence_logprobs(model, ids, mask, prompt_len=P)
     with pytest.raises(ValueError, match="prompt_len"):
         sequence_logprobs(model, ids, mask, prompt_len=ids.shape[1])
+
+
+def test_bench_update_shared_keeps_fewer_activations():
+    """The benchmark's deterministic figure (its timings are for people, not tests): the shared
+    path keeps far fewer activations for the backward; LoRA trains r * (in + out) per projection."""
+    from minigrm import bench_update
+    args = ["--layers", "1", "--prompt-len", "48", "--completion-len", "8", "--repeats", "1", "--threads", "1",
+            "--lora-rank", "4"]
+    r = {v: bench_update.run(bench_update.parse_args(args + ["--variant", v])) for v in bench_update.VARIANTS}
+    assert r["shared"]["saved_mb"] < 0.6 * r["per-sequence"]["saved_mb"]
+    C, C_kv, inner = 576, 192, 1536  # SmolLM2-135M: q, o (C -> C), k, v (C -> C_kv), gate, up, down (C <-> inner)
+    assert r["shared"]["trainable"] == 4 * (2 * (C + C) + 2 * (C + C_kv) + 3 * (C + inner))
