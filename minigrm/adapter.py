@@ -197,7 +197,7 @@ class _Plain:
 
 def save_merged(model: nn.Module, folder, tokenizer_dir=None, state_dict=None) -> Path:
     """Write a plain HF folder (transformers and minigrm load it) with the adapters folded in.
-    `state_dict`: the model's full state gathered beforehand (FSDP2), else model.state_dict()."""
+    `state_dict`: lora.full_state_dict(policy) gathered beforehand (FSDP2), else model.state_dict()."""
     if any(m.merged for _, m in lora.lora_layers(model)):
         raise RuntimeError("save_merged: the model is merged already (call it outside lora.merged)")
     state = model.state_dict() if state_dict is None else state_dict

@@ -19,6 +19,7 @@ Contract:
     with merged(model): engine.generate(...)    merged for the duration, W restored exactly
     with disabled(model): ref = policy(ids, mask)   the base model (GRPO's reference, no copy)
     trainable_state_dict(module) -> {name: full tensor}; load_trainable_state_dict(model, state)
+    full_state_dict(module) -> every tensor (FSDP2: gathered), e.g. for adapter.save_merged
 
 Sampling "never stale": the Engine runs the model's own modules, so it samples from W + BA with
 or without merging (LoRA-aware matmuls; MLA's latent decode uses `effective_weight`). `merged`
@@ -217,15 +218,27 @@ def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """{name: full CPU tensor} of the trainable parameters (adapters, modules_to_save), named as
     in the bare CausalLM (a LogprobForward's `lm.` prefix dropped). Under FSDP2 it is a
     collective (every rank must call it) that gathers the shards of those tensors only."""
+    return _gather(module, trainable_only=True)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor, gathered the same way (for adapter.save_merged under FSDP2)."""
+    return _gather(module, trainable_only=False)
+
+
+def _gather(module, trainable_only: bool) -> dict[str, torch.Tensor]:
     if _is_fsdp(module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
         state = get_model_state_dict(module, options=opts)
-        names = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
-        state = {k: v for k, v in state.items() if k in names}  # a tied frozen head slips through
+        if trainable_only:  # a tied frozen head slips through ignore_frozen_params
+            names = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+            state = {k: v for k, v in state.items() if k in names}
     else:
         module = getattr(module, "module", module)  # DDP
-        state = {n: p.detach().to("cpu", copy=True) for n, p in module.named_parameters() if p.requires_grad}
+        names = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+        state = {n: t.detach().to("cpu", copy=True) for n, t in module.state_dict().items()
+                 if n in names or not trainable_only}
     return {k.removeprefix("lm."): v for k, v in state.items()}
 
 

@@ -1,6 +1,6 @@
 """LoRA under DDP and FSDP2 (2 gloo ranks on CPU): two optimizer steps give the same adapters as one
 process, checkpoints hold the adapters and their optimizer state only, merged weights work inside
-full_weights.
+full_weights, a merged HF folder is written from the gathered state.
 
 This file is also the worker: `torchrun --nproc_per_node=2 tests/test_lora_distributed.py ...`.
 """
@@ -20,7 +20,7 @@ STEPS, BATCH, T = 2, 4, 24
 def worker(argv=None):
     """Two LoRA steps on a fixed batch split over the ranks, then a checkpoint (training.py) and
     `result.pt` (adapters, gradient norms, logits of the plain and merged model under full_weights)."""
-    from minigrm import distributed, lora, training
+    from minigrm import adapter, distributed, lora, training
     from minigrm.checkpoint import load_model
     from minigrm.optim import make_optimizer
 
@@ -52,6 +52,9 @@ def worker(argv=None):
         optimizer.zero_grad(set_to_none=True)
     state = lora.trainable_state_dict(policy)  # every rank: FSDP2 gathers the adapters' shards
     training.save_checkpoint(Path(args.out) / "run", STEPS, model, policy, optimizer, d, args.model)
+    full = lora.full_state_dict(policy)  # every rank (FSDP2: a collective); rank 0 writes a merged folder
+    if d.main:
+        adapter.save_merged(model, Path(args.out) / "merged", args.model, state_dict=full)
     with training.full_weights(policy), torch.no_grad():
         plain = model(ids)
         with lora.merged(model):
@@ -103,6 +106,9 @@ def test_fsdp2_and_ddp_lora_steps_equal_one_process(tmp_path):
         with torch.no_grad():
             ids = torch.randint(3, 96, (BATCH, T), generator=torch.Generator().manual_seed(0))
             torch.testing.assert_close(loaded(ids), one["plain"], rtol=1e-4, atol=1e-4)
+            merged = minigrm.load_model(out / "merged")  # a plain HF folder
+            assert not minigrm.lora.lora_layers(merged)
+            torch.testing.assert_close(merged(ids), one["plain"], rtol=1e-4, atol=1e-4)
     assert (one_dir / "run" / "checkpoint-2" / "adapter_config.json").exists()
 
 
