@@ -110,7 +110,7 @@ class LoRALinear(nn.Linear):
     def effective_weight(self) -> torch.Tensor:
         """The weight this layer applies, W + scaling * B A, in W's dtype (for code that reads the
         weight instead of calling the layer: MLA's absorbed decode)."""
-        if self.merged:
+        if self.merged or self.disabled:
             return self.weight
         return (self.weight.float() + self.delta_weight()).to(self.weight.dtype)
 
