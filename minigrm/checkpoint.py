@@ -79,8 +79,12 @@ def expected_keys(model: CausalLM) -> set[str]:
     return keys
 
 
-def load_model(path, dtype: torch.dtype = torch.float32, device="cpu") -> CausalLM:
-    """An HF folder -> CausalLM in `dtype` on `device`, streaming one tensor at a time."""
+def load_model(path, dtype: torch.dtype = torch.float32, device="cpu", adapter=None, merge: bool = False) -> CausalLM:
+    """An HF folder -> CausalLM in `dtype` on `device`, streaming one tensor at a time. With
+    `adapter` (a PEFT LoRA folder), the base plus that adapter; `merge` folds it in (adapter.py)."""
+    if adapter is not None:
+        from .adapter import load_model as load_with_adapter  # late import: adapter.py imports this file
+        return load_with_adapter(path, adapter, merge, dtype, device)
     path = Path(path)
     config = ModelConfig.from_pretrained(path)
     with torch.device("meta"):
@@ -164,16 +168,22 @@ def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int =
         total = sum(t.numel() * t.element_size() for t in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (path / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer_dir) / name).exists():
-                shutil.copy2(Path(tokenizer_dir) / name, path / name)
+    copy_tokenizer(tokenizer_dir, path)
     return path
 
 
 def _own_storage(shard: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses tensors that share memory: copy the experts' slices, one shard at a time."""
     return {k: t.clone() if t._base is not None else t for k, t in shard.items()}
+
+
+def copy_tokenizer(src, dst) -> None:
+    """Copy the tokenizer files of folder `src` (if any; None: nothing) into `dst`."""
+    if src is None:
+        return
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).exists():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
 def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:

@@ -113,7 +113,9 @@ class MLAttention(nn.Module):
         """The absorbed form, one query per sequence. q_nope (B, H, Dn), q_pe (B, H, Dr); cache
         (num_blocks, block_size, 1, R + Dr) rows [c_kv, k_pe]; block_tables (B, max_blocks);
         context_lens (B,) -> (B, H, Dv)."""
-        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)
+        kv_b = self.kv_b_proj  # with a LoRA adapter (lora.py) the weight it applies is W + s B A
+        w = (kv_b.effective_weight() if hasattr(kv_b, "effective_weight") else kv_b.weight)
+        w = w.view(self.n_heads, self.nope + self.v_dim, self.rank)
         w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # (H, Dn, R), (H, Dv, R)
         q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # the nope query in latent space
         q = torch.cat([q_lat, q_pe.to(q_lat.dtype)], dim=-1).to(cache.dtype)  # (B, H, R + Dr) against the rows

@@ -3,6 +3,8 @@ bf16 autocast, gradient-sync control, metric reduction, Ctrl-C and atomic, resum
 
 Contract:
     policy = LogprobForward(model)            policy(ids (B, T), mask (B, T)) -> (B, T - 1) fp32
+                                              policy(ids, mask, prompt_len=P): rows = one prompt's
+                                              G completions, the prompt computed once (shared_prefix.py)
     policy = wrap(policy, d, fsdp=False)      DDP when world > 1, FSDP2 with fsdp, else itself
     with full_weights(policy): engine.generate(...)   FSDP2: every rank holds full weights
     with grad_sync(policy, last_micro_batch): loss.backward()
@@ -26,7 +28,10 @@ tensors only and read with weights_only=True (a crafted file cannot run code). I
 in `<out>/.tmp-checkpoint-<step>` and renamed when complete, then `<out>/latest` (a text file
 naming it) is replaced atomically: a crash never leaves a half-written checkpoint that
 looks complete. Under FSDP2 the model and optimizer are gathered to full (unsharded) state
-dicts on rank 0, so a run can resume on another world size.
+dicts on rank 0, so a run can resume on another world size. A model with LoRA adapters
+(lora.py) is saved as its adapter instead, in PEFT's format (adapter.py: adapter_config.json
+naming `tokenizer_dir` as the base, adapter_model.safetensors), and the optimizer state is
+that of the adapters only; resume with `load_model(base, adapter=folder)` before wrapping.
 
 Deviations / open choices:
   - autocast runs the decoder in bf16 on CUDA with fp32 master weights; the vocabulary
@@ -48,9 +53,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import save_model
+from . import lora
+from .adapter import save_adapter
+from .checkpoint import copy_tokenizer, save_model
 from .data import write_json
-from .logprob import token_logprobs
+from .logprob import decoder_hidden, token_logprobs
 
 LATEST = "latest"
 BEST = "best"                   # --keep-best: {"checkpoint", "step", "metric"}
@@ -66,9 +73,9 @@ class LogprobForward(nn.Module):
         super().__init__()
         self.lm, self.chunk_size = lm, chunk_size
 
-    def forward(self, input_ids, loss_mask):
-        with autocast(input_ids.device):
-            hidden = self.lm.model(input_ids)  # (B, T, C)
+    def forward(self, input_ids, loss_mask, prompt_len: int | None = None):
+        with autocast(input_ids.device):  # prompt_len: one prompt's G rows, its tokens computed once
+            hidden = decoder_hidden(self.lm.model, input_ids, prompt_len)  # (B, T, C)
         mask = loss_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
         h, targets = hidden[:, :-1][mask], input_ids[:, 1:][mask]  # (N, C), (N,)
         w = self.lm.lm_head.weight
@@ -250,18 +257,25 @@ def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     d.barrier()
+    adapters = lora.trainable_state_dict(policy) if lora.lora_layers(model) else None  # FSDP2: a collective
+    full = model
     if _is_fsdp(policy):  # collectives: every rank takes part, rank 0 receives the full state
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(policy, options=opts)
         optim_state = get_optimizer_state_dict(policy, optimizer, options=opts)
-        full = _FullModel(model.config, {k.removeprefix("lm."): v for k, v in state.items()})
+        if adapters is None:
+            state = get_model_state_dict(policy, options=opts)
+            full = _FullModel(model.config, {k.removeprefix("lm."): v for k, v in state.items()})
     else:
-        optim_state, full = optimizer.state_dict(), model
+        optim_state = optimizer.state_dict()
     torch.save(_rng_state(), tmp / f"rng-rank{d.rank}.pt")
     if d.main:
-        save_model(full, tmp, tokenizer_dir)
+        if adapters is not None:  # LoRA: the adapter in PEFT's format, not the frozen base
+            save_adapter(model, tmp, tokenizer_dir, adapters)
+            copy_tokenizer(tokenizer_dir, tmp)
+        else:
+            save_model(full, tmp, tokenizer_dir)
         torch.save(optim_state, tmp / OPTIMIZER)
         (tmp / STATE).write_text(json.dumps({"step": step, "extra": extra or {}, "world": d.world}, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
