@@ -55,6 +55,7 @@ from pathlib import Path
 import torch
 
 from minigrm import cli, distributed, grm, judgments, runs, training
+from minigrm.adapter import for_training, write_merged
 from minigrm.checkpoint import load_model
 from minigrm.config import ModelConfig
 from minigrm.data import append_jsonl, load_items, read_jsonl, read_results, write_json, write_jsonl
@@ -264,11 +265,11 @@ def main(argv=None):
     # stage B: the model, its loss, the batches of every epoch (a pure function of the seed)
     dtype = getattr(torch, args.dtype)
     resume = training.resolve_resume(args.resume, out)
+    build = (lambda path: classifier_from(path, dtype, d.device, args.seed)) if args.meta_rm else None
+    model = for_training(args.model, resume, dtype=dtype, device=d.device, build=build, **cli.lora_kwargs(args)).train()
     if args.meta_rm:  # a scalar head on the backbone, binary cross-entropy on Eq. 10 labels
-        model = load_model(resume, dtype, d.device) if resume else classifier_from(args.model, dtype, d.device, args.seed)
-        policy, loss_fn, batcher = training.wrap(model.train(), d, args.fsdp), bce_loss, meta_batches
+        policy, loss_fn, batcher = training.wrap(model, d, args.fsdp), bce_loss, meta_batches
     else:  # next-token loss on the accepted judgments
-        model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
         policy, loss_fn, batcher = training.wrap(training.LogprobForward(model), d, args.fsdp), sft_loss, sft_batches
     batches_of = lambda epoch: batcher(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
     model.model.gradient_checkpointing = args.grad_checkpointing
@@ -329,6 +330,9 @@ def main(argv=None):
                                         tokenizer_dir=args.model, extra={"seed": args.seed}, metric=metric):
                 break
     tracker.close()
+    if args.merge and args.lora_rank and not stop["requested"] and write_merged(policy, model, out / "merged",
+                                                                                args.model, d):
+        print(f"wrote {out / 'merged'}: the adapters folded into a plain HF folder", flush=True)
     if d.main:
         runs.release(out)
     distributed.shutdown()

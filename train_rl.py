@@ -46,11 +46,13 @@ import argparse
 import random
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from minigrm import cli, distributed, grm, runs, training
+from minigrm import cli, distributed, grm, lora, runs, training
+from minigrm.adapter import for_training, write_merged
 from minigrm.batching import right_pad
 from minigrm.checkpoint import load_model
 from minigrm.data import load_items, read_json_list, read_results, write_json, write_jsonl
@@ -80,6 +82,8 @@ def parse_args(argv=None):
     ap.add_argument("--epochs-per-batch", type=cli.positive_int, default=1, help="optimizer passes over each rollout batch")
     ap.add_argument("--micro-batch-size", type=cli.positive_int, default=8,
                     help="sequences per forward/backward; gradients accumulate over the rank's whole batch")
+    ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
+                    help="one full forward per sequence instead of each prompt's tokens once for its G samples")
     ap.add_argument("--temperature", type=cli.nonneg_float, default=1.0, help="rollout temperature (open; 1.0)")
     ap.add_argument("--max-tokens", type=cli.positive_int, default=1024, help="max tokens per sampled judgment")
     ap.add_argument("--max-prompt-tokens", type=cli.positive_int, default=None,
@@ -166,14 +170,19 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
 
     # models: the policy (from the checkpoint when resuming), the frozen reference, the engine
+    #         (with LoRA and no --ref-model, the reference is the policy with its adapters switched off)
     resume = training.resolve_resume(args.resume, out)
-    model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
+    model = for_training(args.model, resume, dtype=dtype, device=d.device, **cli.lora_kwargs(args)).train()
     model.model.gradient_checkpointing = args.grad_checkpointing
-    ref = load_model(args.ref_model or args.model, dtype=dtype, device=d.device).requires_grad_(False)
+    base_ref = args.lora_rank and not args.ref_model
+    ref = model if base_ref else load_model(args.ref_model or args.model, dtype=dtype, device=d.device)
     tok = load_tokenizer(args.model, chat_template=args.chat_template)
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
     policy = training.wrap(training.LogprobForward(model), d, args.fsdp)
-    ref_policy = training.wrap(training.LogprobForward(ref), d, args.fsdp, trainable=False)
+    ref_policy = policy if base_ref else training.wrap(training.LogprobForward(ref.requires_grad_(False)), d,
+                                                       args.fsdp, trainable=False)
+    reference = (lambda: lora.disabled(model)) if base_ref else nullcontext  # the reference forward's context
+    sampling = (lambda: lora.merged(model)) if args.lora_rank else nullcontext  # fold adapters in to sample
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)
     start = 0
     if resume:
@@ -195,7 +204,7 @@ def main(argv=None):
         print(f"dropped {n_all - len(items)} of {n_all} items with prompts over {limit} tokens (the model's "
               f"context {engine.max_model_len} minus --max-tokens, or --max-prompt-tokens)")
     if args.drop_too_easy:
-        with training.full_weights(ref_policy):
+        with training.full_weights(ref_policy), (lora.disabled(model) if base_ref else nullcontext()):
             ref_engine = Engine(ref, tok, block_size=block, num_blocks=num_blocks, max_num_seqs=max(local_seqs, 3),
                                 progress=False)
             items = drop_too_easy(items, ref_engine, tok, args, d, out / "too_easy.json")
@@ -218,7 +227,7 @@ def main(argv=None):
             mine = [items[i] for i in items_at(positions, len(items), args.seed)]
             rendered = [render(it, tok, pos, args.seed) for it, pos in zip(mine, positions)]
             params = SamplingParams(n=G, temperature=args.temperature, max_tokens=args.max_tokens)
-            with training.full_weights(policy):
+            with training.full_weights(policy), sampling():
                 outs = engine.generate([p for p, _ in rendered], params,
                                        seeds=[grm.stream_seed(it, pos, args.seed) for it, pos in zip(mine, positions)])
             # 2. rewards (Eq. 10 / 11): outputs of one prompt are adjacent, as group_advantages wants them
@@ -228,23 +237,28 @@ def main(argv=None):
             # 3. advantages
             adv, frac_zero_std = group_advantages(rewards, G)
             seqs = [(p + c.token_ids, len(p)) for (p, _), samples in zip(rendered, outs) for c in samples]
-            micro = [(*pad_batch(seqs[s:s + args.micro_batch_size], pad_id, d.device),
-                      adv[s:s + args.micro_batch_size].to(d.device))
-                     for s in range(0, len(seqs), args.micro_batch_size)]
+            # micro-batches; with --shared-prefix (the default) rows of one prompt only, whose prompt tokens
+            # the forward then computes once for all of them (shared_prefix.py)
+            groups = [range(g, g + G) for g in range(0, len(seqs), G)] if args.shared_prefix else [range(len(seqs))]
+            micro = [(*pad_batch(seqs[s:min(s + args.micro_batch_size, rows.stop)], pad_id, d.device),
+                      adv[s:min(s + args.micro_batch_size, rows.stop)].to(d.device),
+                      seqs[s][1] if args.shared_prefix else None)
+                     for rows in groups for s in range(rows.start, rows.stop, args.micro_batch_size)]
             t1 = time.time()
             # 4. reference log-probs and, with several passes over the batch, the old policy's (no grad);
             #    with one pass the old log-probs ARE the current ones, detached: no extra forward (as TRL)
             with torch.no_grad():
-                ref_lp = [ref_policy(ids, mask) for ids, mask, _ in micro]
-                old = [policy(ids, mask) for ids, mask, _ in micro] if args.epochs_per_batch > 1 else None
+                with reference():
+                    ref_lp = [ref_policy(ids, mask, plen) for ids, mask, _, plen in micro]
+                old = [policy(ids, mask, plen) for ids, mask, _, plen in micro] if args.epochs_per_batch > 1 else None
             # 5. loss and update: one optimizer step per pass over the batch
             lr = lr_at(step, args.lr, args.warmup_steps, args.steps, args.min_lr_ratio)
             set_lr(optimizer, lr)
             sums = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio": 0.0, "tokens": 0.0}
             for _ in range(args.epochs_per_batch):
-                for k, (ids, mask, a) in enumerate(micro):
+                for k, (ids, mask, a, plen) in enumerate(micro):
                     with training.grad_sync(policy, k == len(micro) - 1):
-                        logp = policy(ids, mask)  # (b, T-1)
+                        logp = policy(ids, mask, plen)  # (b, T-1)
                         old_k = logp.detach() if old is None else old[k]
                         loss, stats = grpo_loss(logp, old_k, ref_lp[k], a, mask[:, 1:], args.clip_eps, args.beta)
                         (loss * len(a) / len(seqs)).backward()  # the rank's mean over outputs
@@ -271,7 +285,7 @@ def main(argv=None):
                 "ratio": (sums["ratio"], sums["tokens"]),
                 "time_sample": (t1 - t0, 1.0), "time_update": (t2 - t1, 1.0),
                 "gen_tokens": (float(sum(len(c.token_ids) for s in outs for c in s)), 1.0),
-                "update_tokens": (float(sum(int(ids.numel()) for ids, _, _ in micro)), 1.0)})
+                "update_tokens": (float(sum(int(ids.numel()) for ids, *_ in micro)), 1.0)})
             record = {"step": step + 1, **m, "lr": lr, "grad_norm": grad_norm, "outputs": n * d.world,
                       "sample_tok_per_s": m["gen_tokens"] * d.world / max(t1 - t0, 1e-9),
                       "update_tok_per_s": m["update_tokens"] * d.world / max(t2 - t1, 1e-9)}
@@ -280,7 +294,7 @@ def main(argv=None):
             record["mfu"] = mfu(flops / d.world, t2 - t1, d.device)
             metric = None
             if args.eval_data and ((step + 1) % args.eval_every == 0 or step + 1 == args.steps):
-                with training.full_weights(policy):  # rank 0 evaluates on the full weights, the others wait
+                with training.full_weights(policy), sampling():  # rank 0 evaluates, the others wait
                     record.update(heldout.grm(engine, tok) if heldout else {})
                     d.barrier()
                 if args.keep_best:  # every rank must agree on whether to save: rank 0's number for all
@@ -298,6 +312,10 @@ def main(argv=None):
                                         tokenizer_dir=args.model, extra={"seed": args.seed}, metric=metric):
                 break
     tracker.close()
+    if args.merge and args.lora_rank and not stop["requested"]:
+        path = write_merged(policy, model, out / "merged", args.model, d)
+        if path:
+            print(f"wrote {path}: the adapters folded into a plain HF folder", flush=True)
     if d.main:
         runs.release(out)
     distributed.shutdown()

@@ -203,3 +203,27 @@ def save_merged(model: nn.Module, folder, tokenizer_dir=None, state_dict=None) -
     state = model.state_dict() if state_dict is None else state_dict
     plain = merge_state_dict({k: v.detach() for k, v in state.items()}, model.lora_config.scaling)
     return checkpoint.save_model(_Plain(model.config, plain), folder, tokenizer_dir)
+
+
+def for_training(base, resume=None, lora_rank: int = 0, alpha: float = 32, dropout: float = 0.0, targets=None,
+                 seed: int = 0, dtype=torch.float32, device="cpu", build=None):
+    """The model a training run starts from: `build(base)` (default: the HF folder) fresh, or the
+    `resume` checkpoint; with lora_rank > 0 only adapters train (a fresh run adds them, a resumed
+    run's checkpoint IS its PEFT adapter over `base`). Call before wrapping in DDP / FSDP2."""
+    if lora_rank <= 0:
+        return checkpoint.load_model(resume, dtype=dtype, device=device) if resume else \
+            (build(base) if build else checkpoint.load_model(base, dtype=dtype, device=device))
+    if resume:
+        model = load_model(base, adapter=resume, dtype=dtype, device=device)
+        for _, m in lora.lora_layers(model):  # load_adapter leaves adapters trainable, the base frozen
+            m.lora_A.requires_grad_(True), m.lora_B.requires_grad_(True)
+        return model
+    model = build(base) if build else checkpoint.load_model(base, dtype=dtype, device=device)
+    return lora.add_lora(model, lora_rank, alpha, dropout, targets or lora.DEFAULT_TARGETS, seed=seed)
+
+
+def write_merged(policy, model, folder, tokenizer_dir, d) -> Path | None:
+    """--merge at the end of a LoRA run: a plain HF folder with the adapters folded in (every rank
+    calls it: under FSDP2 the full weights are gathered first). -> the folder on rank 0."""
+    state = lora.full_state_dict(policy) if lora._is_fsdp(policy) else None
+    return save_merged(model, folder, tokenizer_dir, state) if d.main else None

@@ -105,8 +105,20 @@ def add_training_args(ap: argparse.ArgumentParser, lr: float | None, lr_help: st
     ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
     ap.add_argument("--chat-template", default=None,
                     help="chat template family for a folder whose template is not recognised (e.g. chatml)")
+    ap.add_argument("--lora-rank", type=nonneg_int, default=0, help="train LoRA adapters of this rank (0: all weights)")
+    ap.add_argument("--lora-alpha", type=positive_float, default=32.0, help="LoRA scaling alpha (scale = alpha / rank)")
+    ap.add_argument("--lora-dropout", type=fraction, default=0.0, help="dropout on the adapters' input")
+    ap.add_argument("--lora-targets", default=None,
+                    help="comma-separated HF module names (default: attention and MLP projections, lora.DEFAULT_TARGETS)")
+    ap.add_argument("--merge", action="store_true", help="LoRA: also write <out>/merged, a plain HF folder")
+
+
+def lora_kwargs(args) -> dict:
+    """adapter.for_training's LoRA arguments from the flags."""
+    return {"lora_rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout, "seed": args.seed,
+            "targets": args.lora_targets.split(",") if args.lora_targets else None}
 
 
 # flags that may change when a training run is resumed (runs.take compares the others)
 TRAINING_VOLATILE = ("resume", "save_every", "keep_last", "device", "kv_cache_gb", "eval_every", "eval_k",
-                     "eval_limit", "eval_data", "keep_best", "tensorboard", "wandb_project")
+                     "eval_limit", "eval_data", "keep_best", "tensorboard", "wandb_project", "merge")

@@ -18,7 +18,7 @@ import minigrm
 import train_rft
 from minigrm.data import load_items, read_jsonl
 from minigrm.grm import Verdict
-from minigrm.meta_rm import load_meta_rm
+from minigrm.meta_rm import MetaRM, load_meta_rm
 from minigrm.tokenizer import load_tokenizer
 from factories import write_items
 
@@ -203,3 +203,18 @@ def test_heldout_evaluation_in_both_modes(tiny_model, data, tmp_path, monkeypatc
     last = list(read_jsonl(meta_out / "log.jsonl"))[-1]
     assert 0 <= last["eval/meta_auc"] <= 1 and 0 < last["eval/meta_positive"] < 1
     assert len(list(read_jsonl(meta_out / "eval_judgments.jsonl"))) == 4 * 4
+
+
+def test_lora_meta_rm_with_merge(tiny_model, data, tmp_path, monkeypatch):
+    """--meta-rm --lora-rank: adapters on the backbone plus the score head (PEFT's SEQ_CLS); --merge
+    writes a plain classifier folder that infer_scale.py's --meta-rm loads."""
+    monkeypatch.setattr(train_rft.grm, "judge", fake_judge)
+    out = tmp_path / "meta-lora"
+    train_rft.main(common(tiny_model, data, out) + ["--meta-rm", "--lora-rank", "4", "--merge",
+                                                    "--max-tokens-per-batch", "600", "--epochs", "2"])
+    ckpt = out / f"checkpoint-{list(read_jsonl(out / 'log.jsonl'))[-1]['step']}"
+    assert json.loads((ckpt / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    seqs = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    merged = load_meta_rm(out / "merged").score_ids(seqs)
+    adapted = MetaRM(minigrm.load_model(tiny_model, adapter=ckpt), load_tokenizer(tiny_model)).score_ids(seqs)
+    assert max(abs(a - b) for a, b in zip(merged, adapted)) < 1e-4
