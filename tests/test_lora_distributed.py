@@ -22,7 +22,7 @@ def worker(argv=None):
     `result.pt` (adapters, gradient norms, logits of the plain and merged model under full_weights)."""
     from minigrm import adapter, distributed, lora, training
     from minigrm.checkpoint import load_model
-    from minigrm.optim import make_optimizer
+    from minigrm.optim import clip_grad_norm, make_optimizer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -47,7 +47,7 @@ def worker(argv=None):
     for _ in range(STEPS):
         logp = policy(ids[mine], mask[mine])  # (b, T-1)
         (-logp.sum() / mask[mine, 1:].sum()).backward()  # the rank's mean; DDP / FSDP2 average ranks
-        norms.append(training.grad_norm_and_clip(policy, 1.0))
+        norms.append(clip_grad_norm(policy, 1.0))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     state = lora.trainable_state_dict(policy)  # every rank: FSDP2 gathers the adapters' shards

@@ -159,15 +159,16 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero():
     assert answer.get("n_valid", -1) + answer.get("n_invalid", -1) == 8
 
 
-def test_inside_a_real_trl_grpo_run(server, tmp_path, smollm2_path):
-    """TRL's GRPOTrainer trains a tiny policy for two steps with the GRM server as its reward,
-    once with the sync and once with the async reward function."""
+def test_inside_a_real_trl_grpo_run(server, tmp_path):
+    """TRL's GRPOTrainer trains a policy for two steps with the GRM server as its reward, once with
+    the sync and once with the async reward function. The policy is the demo's small model (its
+    pretraining text is arithmetic), so its completions are answers the demo GRM can judge; a
+    random policy's gibberish derails the 3.5M-parameter demo GRM and every reward is None."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    from factories import make_tiny_model
     from minigrm.integrations import async_grm_reward, grm_reward
-    policy = make_tiny_model(smollm2_path, tmp_path / "policy")
-    data = datasets.Dataset.from_list([{"prompt": f"What is {i} + {i}?"} for i in range(8)])
+    policy = DEMO / "grm"
+    data = datasets.Dataset.from_list([{"prompt": f"Q: What is {i} + {i}? A:"} for i in range(8)])
     seen = []
 
     def recorded(fn):
@@ -181,7 +182,8 @@ def test_inside_a_real_trl_grpo_run(server, tmp_path, smollm2_path):
         out = coro if asyncio.iscoroutinefunction(fn) else sync
         out.__name__ = fn.__name__
         return out
-    for reward in (grm_reward(server, k=2, max_tokens=48, seed=0), async_grm_reward(server, k=2, max_tokens=48)):
+    for reward in (grm_reward(server, k=2, max_tokens=128, seed=0),
+                   async_grm_reward(server, k=2, max_tokens=128)):
         reward = recorded(reward)
         args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, num_generations=4,
                               max_completion_length=8, max_steps=2, logging_steps=1, report_to=[], use_cpu=True,
