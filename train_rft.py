@@ -9,16 +9,19 @@ Stage A, sampling (resumable: every trajectory is appended to <out>/trajectories
 .rank<r>.jsonl per rank, as soon as it is done; a rerun samples only what is missing):
   - non-hinted: N_RFT (--n-rft, 3) judgments per item from --sampler (default --model), each
     over its own seeded shuffle of the responses;
-  - hinted: for a --hinted-share fraction of the items (chosen by a seeded hash; singles never),
+  - hinted: for a --hinted-share fraction of the items (a seeded draw per item; singles never),
     one more judgment with "The best response is: Response j" appended to the prompt;
-  - each record: item id, hinted flag, sample index, order, output token ids, text, scores,
-    correct (Eq. 10; an invalid or truncated judgment is incorrect).
-Rejection (rft.reject_non_hinted / reject_hinted): incorrect trajectories are dropped; an item
+  - prompts, orders, seeds and grading are grm.py's (singles use the paper's n = 1 training
+    prompt, score 0/1); each record: item id, sample index, hinted flag, order, text, length,
+    finish reason, correct (Eq. 10; an invalid or truncated judgment is incorrect), valid.
+Rejection (rft.select): incorrect trajectories are dropped; an item
 whose N_RFT non-hinted samples are all correct is "too easy" and dropped altogether; a
 hinted trajectory is kept iff correct. Acceptance, too-easy and invalid rates are printed and
 written to <out>/rejection.json.
 
-Stage B, SFT: next-token loss on the accepted GRM outputs only (rft.sft_example), optionally
+Stage B, SFT: next-token loss on the accepted judgments only, their TEXT rendered in the
+student's chat template and tokenizer (rft.chat_example: a --sampler with another vocabulary
+gives the same targets as text; GRM_SPEC §4 samples RFT data from a stronger model), optionally
 mixed with --sft-data (chat JSONL {"messages": [...]}, loss on the last assistant turn);
 length-grouped batches, AdamW, warmup + cosine, gradient accumulation, clipping,
 <out>/checkpoint-<step> and --resume as in train_rl.py.
@@ -28,9 +31,10 @@ WITHOUT the hint. The hint only steers sampling towards a correct judgment; the 
 learn to produce that judgment from the ordinary prompt, which is all it sees at inference.
 Training on the hinted prompt would teach it to rely on a hint it will never get.
 
---meta-rm: label every non-hinted trajectory (plus --extra-trajectories: records with "item",
-"order", "text", e.g. infer_scale.py's judgments.jsonl of the GRM to be guided) by Eq. 10
-correctness; the input is meta_rm_messages(context, shown responses, judgment) rendered with
+--meta-rm: label every non-hinted sampled trajectory (plus --extra-trajectories: records with
+"item", "sample", "order", "text", e.g. infer_scale.py's judgments.jsonl of the GRM to be guided;
+their greedy judgments are left out) by Eq. 10 under the prompt each was sampled with; judgments
+Eq. 10 cannot label are skipped and counted (meta_examples); the input is meta_rm_messages(context, shown responses, judgment) rendered with
 the chat template (add_generation_prompt=False); the model is --model's backbone with a new
 scalar `score` head (*ForSequenceClassification, num_labels 1, N(0, 0.02) init), trained with
 binary cross-entropy on the reward at the last token (paper LR 1e-5). The checkpoint loads with
@@ -44,238 +48,230 @@ multiple of the world size so every rank runs the same number.
 """
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from minigrm import distributed, training
+from minigrm import cli, distributed, grm, judgments, resume, runs, training
+from minigrm.adapter import for_training, write_merged
 from minigrm.checkpoint import load_model
-from minigrm.data import append_jsonl, item_key, load_items, read_jsonl, write_jsonl
-from minigrm.engine import Engine, sample_seed
+from minigrm.config import ModelConfig
+from minigrm.data import append_jsonl, load_items, read_jsonl, read_results, write_json, write_jsonl
+from minigrm.engine import Engine
 from minigrm.kv_cache import kv_bytes_per_token
-from minigrm.meta_rm import classifier_from, meta_batches
-from minigrm.optim import lr_at, make_optimizer, set_lr
-from minigrm.parser import parse_judgment
-from minigrm.prompts import grm_messages, meta_rm_messages, single_response_messages
-from minigrm.rewards import best_index, is_correct
-from minigrm.rft import reject_hinted, reject_non_hinted, sft_batches, sft_example
+from minigrm.heldout import HeldOut, MetaHeldOut
+from minigrm.meta_rm import MetaRM, bce_loss, classifier_from, meta_batches
+from minigrm.optim import clip_grad_norm, lr_at, make_optimizer, set_lr
+from minigrm.rft import chat_example, select, sft_batches, sft_loss
+from minigrm.prompts import meta_rm_messages
 from minigrm.sampling import SamplingParams
+from minigrm.throughput import mfu, train_flops
 from minigrm.tokenizer import load_tokenizer
-from minigrm.voting import permute, shuffled_order, unshuffle
+from minigrm.tracking import Tracker
+from minigrm.voting import permute
 
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="HF folder to fine-tune (paper: a base model)")
-    ap.add_argument("--sampler", default=None, help="HF folder that samples trajectories (default: --model)")
-    ap.add_argument("--data", required=True, help="JSONL of pairs, lists or singles (see minigrm/data.py)")
+    ap.add_argument("--model", required=True, type=cli.existing_folder, help="HF folder to fine-tune (paper: a base model)")
+    ap.add_argument("--sampler", default=None, type=cli.existing_folder, help="HF folder that samples trajectories (default: --model)")
+    ap.add_argument("--data", required=True, nargs="+", help="JSONL files / folders of pairs, lists or singles (data.py)")
     ap.add_argument("--out", default="out/rft", help="output folder: trajectories, log.jsonl, checkpoints")
-    ap.add_argument("--n-rft", type=int, default=3, help="non-hinted samples per item (paper: 3)")
-    ap.add_argument("--hinted-share", type=float, default=0.25, help="share of items that get one hinted sample (open)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (open)")
-    ap.add_argument("--max-tokens", type=int, default=1024, help="max tokens per sampled judgment")
+    ap.add_argument("--n-rft", type=cli.positive_int, default=3, help="non-hinted samples per item (paper: 3)")
+    ap.add_argument("--hinted-share", type=cli.fraction, default=0.25, help="share of items that get one hinted sample (open)")
+    ap.add_argument("--temperature", type=cli.nonneg_float, default=1.0, help="sampling temperature (open)")
+    ap.add_argument("--max-tokens", type=cli.positive_int, default=1024, help="max tokens per sampled judgment")
     ap.add_argument("--sft-data", default=None, help="general chat JSONL {'messages': [...]} mixed into SFT")
     ap.add_argument("--meta-rm", action="store_true", help="train a meta RM (scalar head) instead of the GRM")
     ap.add_argument("--extra-trajectories", default=None,
                     help="meta RM: JSONL of more judgments {'item', 'order', 'text'} from the GRM to guide")
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
-    ap.add_argument("--epochs", type=int, default=1, help="passes over the accepted trajectories")
-    ap.add_argument("--max-tokens-per-batch", type=int, default=16384, help="padded tokens per micro-batch")
-    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (per rank)")
-    ap.add_argument("--warmup-steps", type=int, default=10, help="linear warmup steps")
-    ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
-    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (matrices only)")
-    ap.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this")
-    ap.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
-    ap.add_argument("--keep-last", type=int, default=2, help="keep only the last N checkpoints (0: all)")
-    ap.add_argument("--resume", nargs="?", const="latest", default=None,
-                    help="resume SFT from <out>/latest (no value) or from the given checkpoint folder")
-    ap.add_argument("--seed", type=int, default=0, help="seed of shuffles, samples and batch order")
-    ap.add_argument("--dtype", default="float32", help="weight dtype (bf16 autocast on CUDA): float32 or bfloat16")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--kv-cache-gb", type=float, default=2.0, help="KV cache of the sampling engine, per rank")
-    ap.add_argument("--grad-checkpointing", action="store_true", help="recompute each layer in the backward")
-    ap.add_argument("--fsdp", action="store_true", help="shard weights, grads and optimizer (FSDP2) over ranks")
-    ap.add_argument("--no-cuda-graphs", action="store_true", help="eager decode steps (CUDA graphs are on by default on CUDA)")
+    ap.add_argument("--epochs", type=cli.positive_int, default=1, help="passes over the accepted trajectories")
+    ap.add_argument("--max-tokens-per-batch", type=cli.positive_int, default=16384, help="padded tokens per micro-batch")
+    ap.add_argument("--grad-accum", type=cli.positive_int, default=1, help="micro-batches per optimizer step (per rank)")
+    cli.add_training_args(ap, lr=None, lr_help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
     args = ap.parse_args(argv)
     args.sampler = args.sampler or args.model
     args.lr = args.lr if args.lr is not None else (1e-5 if args.meta_rm else 5e-6)
     return args
 
 
+VOLATILE = cli.TRAINING_VOLATILE
+
+
 # ---------------------------------------------------------------------------- stage A: sampling
 
-def messages_for(item, order, hint: bool):
-    if item.kind == "single":
-        return single_response_messages(item.prompt, item.responses[0])
-    return grm_messages(item.prompt, permute(item.responses, order),
-                        order.index(best_index(item.truth)) if hint else None)
-
-
 def prompt_ids(tok, item, order, hint: bool = False) -> list[int]:
-    return tok.encode(tok.apply_chat_template(messages_for(item, order, hint), add_generation_prompt=True))
-
-
-def judge(item, order, text: str, finish_reason: str = "stop") -> tuple[bool, bool]:
-    """-> (correct, valid) of one judgment (Eq. 10 in the original order; truncated = invalid)."""
-    lo, hi = (0, 1) if item.kind == "single" else (1, 10)
-    scores = parse_judgment(text, len(item.responses), lo, hi).scores if finish_reason == "stop" else None
-    return is_correct(unshuffle(scores, order), item.truth), scores is not None
+    return tok.encode(tok.apply_chat_template(grm.messages(item, order, training=True, hint=hint)))
 
 
 def planned_samples(item, args) -> list[tuple[int, bool, list[int]]]:
     """(sample index, hinted, order) of every trajectory stage A draws for an item."""
-    n, key = len(item.responses), item_key(item)
-    plan = [(j, False, shuffled_order(n, sample_seed(args.seed, key, j))) for j in range(args.n_rft)]
-    hinted = (item.kind != "single" and not args.meta_rm
-              and random.Random(sample_seed(args.seed, key, -1)).random() < args.hinted_share)
-    if hinted:
-        plan.append((args.n_rft, True, shuffled_order(n, sample_seed(args.seed, key, args.n_rft))))
+    plan = [(j, False, grm.order(item, j, args.seed)) for j in range(args.n_rft)]
+    if item.kind != "single" and not args.meta_rm and grm.coin(item, args.seed, "hinted") < args.hinted_share:
+        plan.append((args.n_rft, True, grm.order(item, args.n_rft, args.seed)))
     return plan
 
 
 def sample_trajectories(items, args, d, path: Path) -> None:
-    done = {(r["item"], r["sample"]) for r in read_jsonl(path)} if path.exists() else set()
+    done = {(r["item"], r["sample"]) for r in read_results(path, required=("item", "sample"))}
     todo = [(it, j, h, o) for it in items for j, h, o in planned_samples(it, args) if (str(it.id), j) not in done]
     print(f"[rank {d.rank}] {len(done)} trajectories on disk, {len(todo)} to sample", flush=True)
     if not todo:
         return
     dtype = getattr(torch, args.dtype)
     model = load_model(args.sampler, dtype=dtype, device=d.device)
-    tok = load_tokenizer(args.sampler)
+    tok = load_tokenizer(args.sampler, chat_template=args.chat_template)
     blocks = max(2, int(args.kv_cache_gb * 2**30 // (kv_bytes_per_token(model.config, dtype) * 16)))
-    engine = Engine(model, tok, num_blocks=blocks, progress=False, cuda_graphs=False if args.no_cuda_graphs else None)
+    engine = Engine(model, tok, num_blocks=blocks, progress=False, **cli.engine_kwargs(args))
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
 
     def save(i, _, c):
         item, j, hinted, order = todo[i]
-        correct, valid = judge(item, order, c.text, c.finish_reason)
-        append_jsonl(path, {"item": str(item.id), "sample": j, "hinted": hinted, "order": order,
-                            "output_ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason,
-                            "correct": correct, "valid": valid})
+        v = grm.judge(item, order, c.text, c.finish_reason, training=True)
+        append_jsonl(path, {"item": str(item.id), "sample": j, "hinted": hinted, "order": order, "training": True,
+                            "text": c.text, "tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                            "correct": v.correct, "valid": v.valid})
 
     engine.generate([prompt_ids(tok, it, o, h) for it, _, h, o in todo], params, on_finish=save,
-                    seeds=[sample_seed(args.seed + 1, item_key(it), j) for it, j, _, _ in todo])
+                    seeds=[grm.stream_seed(it, j, args.seed) for it, j, _, _ in todo])
     del engine, model
-
-
-def select(records, n_rft: int) -> tuple[list[dict], dict]:
-    """Rejective sampling over stage A's records -> (accepted records, rates)."""
-    by_item: dict[str, list[dict]] = {}
-    for r in records:
-        by_item.setdefault(r["item"], []).append(r)
-    accepted, too_easy, hinted_total, hinted_kept, non_hinted_total = [], 0, 0, 0, 0
-    for rs in by_item.values():
-        plain = sorted((r for r in rs if not r["hinted"]), key=lambda r: r["sample"])
-        rejection = reject_non_hinted([r["correct"] for r in plain])
-        too_easy += rejection.too_easy
-        non_hinted_total += len(plain)
-        accepted += [plain[i] for i in rejection.kept]
-        for r in rs:
-            if r["hinted"]:
-                hinted_total += 1
-                if reject_hinted(r["correct"]):
-                    hinted_kept += 1
-                    accepted.append(r)
-    n = max(len(records), 1)
-    stats = {"items": len(by_item), "trajectories": len(records), "accepted": len(accepted),
-             "acceptance_rate": len(accepted) / n, "too_easy_rate": too_easy / max(len(by_item), 1),
-             "invalid_rate": sum(not r["valid"] for r in records) / n,
-             "non_hinted_correct_rate": sum(r["correct"] for r in records if not r["hinted"]) / max(non_hinted_total, 1),
-             "hinted_acceptance_rate": hinted_kept / hinted_total if hinted_total else None}
-    return accepted, stats
 
 
 # ---------------------------------------------------------------------------- stage B: examples
 
 def rft_examples(accepted, by_id, tok) -> list[tuple[list[int], list[bool]]]:
-    """The NON-hinted prompt (same order) + the accepted output, loss on the output only."""
-    return [sft_example(prompt_ids(tok, by_id[r["item"]], r["order"]), r["output_ids"]) for r in accepted]
+    """The NON-hinted prompt (same order) + the accepted judgment's TEXT, rendered and encoded by
+    the student's own chat template and tokenizer (so a --sampler with another vocabulary works);
+    loss on the judgment and the template's end-of-turn only."""
+    return [chat_example(tok, grm.messages(by_id[r["item"]], r["order"], training=True), r["text"])
+            for r in accepted]
 
 
 def chat_examples(path, tok) -> list[tuple[list[int], list[bool]]]:
-    """General chat data: loss on the last assistant turn (its end-of-turn tokens included)."""
+    """General chat data {"messages": [...]}: loss on the last assistant turn."""
     out = []
     for r in read_jsonl(path, required=("messages",)):
         msgs = r["messages"]
-        if msgs[-1]["role"] != "assistant":
-            raise ValueError(f"{path}: the last message must be the assistant's, got {msgs[-1]['role']!r}")
-        prefix = tok.apply_chat_template(msgs[:-1], add_generation_prompt=True)
-        full = tok.apply_chat_template(msgs, add_generation_prompt=False)
-        if not full.startswith(prefix):
-            raise ValueError(f"{path}: the chat template does not render the conversation as prompt + answer")
-        out.append(sft_example(tok.encode(prefix), tok.encode(full[len(prefix):])))
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise ValueError(f"{path}: the last message must be the assistant's")
+        out.append(chat_example(tok, msgs[:-1], msgs[-1]["content"]))
     return out
 
 
-def meta_examples(records, by_id, tok) -> list[tuple[list[int], float]]:
-    """(meta RM input ids, label 1.0 if the judgment is correct by Eq. 10 else 0.0)."""
-    out = []
+def meta_examples(records, by_id, tok) -> tuple[list[tuple[list[int], float]], int]:
+    """(meta RM input ids, 1.0 if the judgment is correct by Eq. 10 else 0.0), and how many
+    records were skipped: greedy and hinted judgments (the paper's meta RM learns from sampled,
+    non-hinted ones) and judgments Eq. 10 cannot label (a single response judged on the 1..10
+    evaluation prompt, an item with several correct responses). Each record is graded with the
+    prompt it was sampled with (train_rft.py's: "training": true; infer_scale.py's: evaluation)."""
+    out, skipped = [], 0
     for r in records:
+        if r["item"] not in by_id:
+            raise ValueError(f"a judgment of item {r['item']!r} (--extra-trajectories?) is not in --data")
         item = by_id[r["item"]]
-        correct, _ = judge(item, r["order"], r["text"], r.get("finish_reason", "stop"))
+        v = grm.judge(item, r["order"], r["text"], r.get("finish_reason", "stop"), training=r.get("training", False))
+        if r.get("hinted") or r["sample"] == grm.GREEDY or v.correct is None:
+            skipped += 1
+            continue
         text = tok.apply_chat_template(meta_rm_messages(item.prompt, permute(item.responses, r["order"]), r["text"]),
                                        add_generation_prompt=False)
-        out.append((tok.encode(text), float(correct)))
-    return out
+        out.append((tok.encode(text), float(v.correct)))
+    return out, skipped
+
+
+def heldout_evaluator(args, d, out: Path, model, tok):
+    """-> a function returning this step's held-out metrics (rank 0), or None without --eval-data:
+    GRM: greedy and Voting@K on the held-out items with the live weights; meta RM: ROC-AUC of its
+    reward on held-out judgments sampled once by --sampler (<out>/eval_judgments.jsonl)."""
+    if not args.eval_data or not d.main:
+        return None
+    items = load_items(args.eval_data)[:args.eval_limit]
+    if not args.meta_rm:
+        held, engine = HeldOut(items, args.eval_k, 0.5, args.max_tokens, args.seed), Engine(model, tok, progress=False, **cli.engine_kwargs(args))
+        return lambda: held.grm(engine, tok)
+    path = out / "eval_judgments.jsonl"
+    done = {(r["item"], r["sample"]) for r in read_results(path, required=("item", "sample"))}
+    jobs = [(it, j) for it in items for j in range(args.eval_k) if (str(it.id), j) not in done]
+    if jobs:
+        sampler = load_model(args.sampler, dtype=getattr(torch, args.dtype), device=d.device)
+        stok = load_tokenizer(args.sampler, chat_template=args.chat_template)
+        judgments.sample(Engine(sampler, stok, progress=False, **cli.engine_kwargs(args)), stok, jobs, 0.5, args.max_tokens, args.seed,
+                         lambda r: append_jsonl(path, r))
+        del sampler
+    held = MetaHeldOut(items, read_results(path))
+    return lambda: held.auc(MetaRM(model, tok))
 
 
 # ---------------------------------------------------------------------------- main
+
+def fits(examples, limit: int, what: str, d) -> list:
+    """Drop (and count) examples longer than the model's context or the micro-batch budget."""
+    kept = [e for e in examples if len(e[0]) <= limit]
+    if d.main and len(kept) < len(examples):
+        print(f"dropped {len(examples) - len(kept)} {what} longer than {limit} tokens "
+              "(the model's context or --max-tokens-per-batch)", flush=True)
+    return kept
+
 
 def main(argv=None):
     args = parse_args(argv)
     d = distributed.init(args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if d.main:  # one run per folder, its settings recorded; a fresh start never overwrites a run
+        runs.take(out, cli.recorded_settings(args, ("model", "sampler", "data", "sft_data", "extra_trajectories"),
+                                             VOLATILE),
+                  fresh_ok=bool(args.resume), has_run=lambda o: any(o.glob("trajectories*.jsonl")))
+    d.barrier()
     torch.manual_seed(args.seed + d.rank)
     items = load_items(args.data)
+    grm.check_trainable(items)
     by_id = {str(it.id): it for it in items}
     suffix = f".rank{d.rank}" if d.world > 1 else ""
 
-    # stage A: sample (resumable), then reject
+    # stage A: sample (resumable with --resume), then reject
     try:
         sample_trajectories(d.shard(items), args, d, out / f"trajectories{suffix}.jsonl")
     except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: every finished trajectory is in {out}; rerun the same command to resume")
+        print(f"\ninterrupted: every finished trajectory is in {out}; rerun with --resume to continue")
+        sys.exit(130)
     d.barrier()
-    records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_jsonl(f)]
-    tok = load_tokenizer(args.model)
+    records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_results(f)]
+    tok = load_tokenizer(args.model, chat_template=args.chat_template)
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
+    limit = min(ModelConfig.from_pretrained(args.model).max_position_embeddings, args.max_tokens_per_batch)
     if args.meta_rm:
-        records = [r for r in records if not r["hinted"]]
         if args.extra_trajectories:
-            records += list(read_jsonl(args.extra_trajectories, required=("item", "order", "text")))
-        examples = meta_examples(records, by_id, tok)
-        stats = {"examples": len(examples), "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
+            records += list(read_jsonl(args.extra_trajectories, required=("item", "sample", "order", "text")))
+        examples, skipped = meta_examples(records, by_id, tok)
+        examples = fits(examples, limit, "meta-RM inputs", d)
+        stats = {"examples": len(examples), "skipped": skipped,
+                 "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
     else:
-        accepted, stats = select(records, args.n_rft)
-        examples = rft_examples(accepted, by_id, tok)
+        accepted, stats = select(records)
+        examples = fits(rft_examples(accepted, by_id, tok), limit, "accepted trajectories", d)
         if args.sft_data:
-            chat = chat_examples(args.sft_data, tok)
+            chat = fits(chat_examples(args.sft_data, tok), limit, "--sft-data conversations", d)
             stats["sft_data_examples"] = len(chat)
             examples += chat
     if d.main:
         print("rejection" if not args.meta_rm else "meta RM data", json.dumps(stats), flush=True)
-        (out / ("meta_data.json" if args.meta_rm else "rejection.json")).write_text(json.dumps(stats, indent=2) + "\n")
+        write_json(out / ("meta_data.json" if args.meta_rm else "rejection.json"), stats)
     if not examples:
         sys.exit("train_rft.py: no training examples (every item too easy or every trajectory rejected?)")
 
-    # stage B: the model, its optimizer, the batches of every epoch (a pure function of the seed)
+    # stage B: the model, its loss, the batches of every epoch (a pure function of the seed)
     dtype = getattr(torch, args.dtype)
-    resume = training.resolve_resume(args.resume, out)
-    if args.meta_rm:
-        model = load_model(resume, dtype, d.device) if resume else classifier_from(args.model, dtype, d.device, args.seed)
-        policy = training.wrap(model.train(), d, args.fsdp)
-        batches_of = lambda epoch: meta_batches(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
-    else:
-        model = load_model(resume or args.model, dtype=dtype, device=d.device).train()
-        policy = training.wrap(training.LogprobForward(model), d, args.fsdp)
-        batches_of = lambda epoch: sft_batches(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
+    resume_from = resume.resolve_resume(args.resume, out)
+    build = (lambda path: classifier_from(path, dtype, d.device, args.seed)) if args.meta_rm else None
+    model = for_training(args.model, resume_from, dtype=dtype, device=d.device, build=build, **cli.lora_kwargs(args)).train()
+    if args.meta_rm:  # a scalar head on the backbone, binary cross-entropy on Eq. 10 labels
+        policy, loss_fn, batcher = training.wrap(model, d, args.fsdp), bce_loss, meta_batches
+    else:  # next-token loss on the accepted judgments
+        policy, loss_fn, batcher = training.wrap(training.LogprobForward(model), d, args.fsdp), sft_loss, sft_batches
+    batches_of = lambda epoch: batcher(examples, args.max_tokens_per_batch, pad_id, args.seed + epoch)  # noqa: E731
     model.model.gradient_checkpointing = args.grad_checkpointing
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)
     per_rank = len(batches_of(0)) // d.world
@@ -283,10 +279,13 @@ def main(argv=None):
     total = steps_per_epoch * args.epochs
     if total == 0:
         sys.exit(f"train_rft.py: {per_rank} batches per rank make no step of --grad-accum {args.grad_accum}")
-    start = training.load_checkpoint(resume, policy, optimizer, d)["step"] if resume else 0
+    start = resume.load_checkpoint(resume_from, policy, optimizer, d)["step"] if resume_from else 0
     log_path = out / "log.jsonl"
-    if d.main and log_path.exists():
-        write_jsonl(log_path, [r for r in read_jsonl(log_path) if r["step"] <= start])
+    if d.main:  # drop records of steps after the checkpoint we resume from (and a torn last line)
+        write_jsonl(log_path, [r for r in read_results(log_path, required=("step",)) if r["step"] <= start])
+    tracker = Tracker(out, args.tensorboard, args.wandb_project, vars(args), enabled=d.main)
+    evaluate = heldout_evaluator(args, d, out, model, tok)
+    best_key = "eval/meta_auc" if args.meta_rm else f"eval/voting@{args.eval_k}"
 
     with training.interrupt_guard() as stop:
         for step in range(start, total):
@@ -299,33 +298,46 @@ def main(argv=None):
             for i, batch in enumerate(batches):
                 batch = [t.to(d.device) for t in batch]
                 with training.grad_sync(policy, i == len(batches) - 1):
-                    if args.meta_rm:
-                        ids, last, labels = batch
-                        with training.autocast(d.device):
-                            rewards = policy(ids).float()  # (B, T)
-                        reward = rewards[torch.arange(len(last), device=ids.device), last]  # (B,)
-                        loss = F.binary_cross_entropy_with_logits(reward, labels.float())
-                    else:
-                        ids, mask = batch
-                        logp = policy(ids, mask)  # (B, T-1)
-                        loss = -logp.sum() / mask[:, 1:].sum().clamp(min=1)  # = rft.sft_loss
+                    loss = loss_fn(policy, batch)
                     (loss / len(batches)).backward()
                 loss_sum += loss.item() / len(batches)
-                tokens += float(ids.numel())
-            grad_norm = training.grad_norm_and_clip(policy, args.grad_clip)
+                tokens += float(batch[0].numel())
+            grad_norm = clip_grad_norm(policy, args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
             m = training.reduce_metrics(d, {"loss": (loss_sum, 1.0), "tokens": (tokens, 1.0 / d.world),
                                             "time": (time.time() - t0, 1.0)})
-            record = {"step": step + 1, "epoch": epoch, **m, "lr": lr, "grad_norm": grad_norm}
+            record = {"step": step + 1, "epoch": epoch, **m, "lr": lr, "grad_norm": grad_norm,
+                      "update_tok_per_s": m["tokens"] / max(m["time"], 1e-9),  # tokens: all ranks'
+                      "mfu": mfu(train_flops(model, m["tokens"]) / d.world, m["time"], d.device)}
+            metric = None
+            if args.eval_data and ((step + 1) % args.eval_every == 0 or step + 1 == total):
+                with training.full_weights(policy):  # rank 0 evaluates on the full weights, the others wait
+                    model.eval()
+                    record.update(evaluate() if evaluate else {})
+                    model.train()
+                    d.barrier()
+                if args.keep_best:  # every rank must agree on whether to save: rank 0's number for all
+                    metric = d.all_sum([record.get(best_key, 0.0) if d.main else 0.0])[0]
             if d.main:
-                append_jsonl(log_path, record)
+                tracker.log(record)
                 print(f"step {step + 1}/{total} | loss {m['loss']:.4f} | lr {lr:.2e} | gnorm {grad_norm:.3f} | "
-                      f"tokens {m['tokens']:.0f} | {m['time']:.1f}s", flush=True)
-            if training.checkpoint_step(out, step + 1, total, args, model, policy, optimizer, d, stop):
+                      f"tokens {m['tokens']:.0f} | {m['time']:.1f}s" + "".join(
+                          f" | {k} {v:.3f}" for k, v in record.items() if k.startswith("eval/")), flush=True)
+            if resume.checkpoint_step(out, step + 1, total, model, policy, optimizer, d, stop,
+                                        save_every=args.save_every, keep_last=args.keep_last,
+                                        tokenizer_dir=args.model, extra={"seed": args.seed}, metric=metric):
                 break
+    tracker.close()
+    if args.merge and args.lora_rank and not stop["requested"] and write_merged(policy, model, out / "merged",
+                                                                                args.model, d):
+        print(f"wrote {out / 'merged'}: the adapters folded into a plain HF folder", flush=True)
+    if d.main:
+        runs.release(out)
     distributed.shutdown()
+    if training.exit_code(stop):
+        sys.exit(training.exit_code(stop))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@
     outs = engine.generate(prompts, minigrm.SamplingParams(n=8, temperature=0.5, max_tokens=1024, seed=0))
     judgment = minigrm.parse_judgment(outs[0][0].text, 2)     # 2 responses
     minigrm.is_correct(judgment.scores, truth=[1, 0])
+    model = minigrm.load_model(base, adapter=lora_folder, merge=False)   # + a PEFT LoRA adapter (lora.py)
+    # the whole GRM step on a data item (order, prompt, parse, un-shuffle, Eq. 10 / 11): minigrm.grm
 """
+from . import grm, lora
+from .adapter import load_adapter, save_adapter
 from .checkpoint import load_model, save_model
 from .config import ModelConfig
 from .engine import Engine
@@ -22,7 +26,8 @@ from .voting import meta_rm_filter, predict_best, shuffled_order, unshuffle, vot
 
 __all__ = [
     "CausalLM", "Completion", "Engine", "Judgment", "MetaRM", "ModelConfig", "SamplingParams", "Tokenizer",
-    "greedy_generate", "grm_messages", "grm_prompt", "is_correct", "load_meta_rm", "load_model", "load_tokenizer",
-    "meta_rm_filter", "meta_rm_messages", "parse_judgment", "predict_best", "rule_reward", "save_model",
-    "sequence_rewards", "shuffled_order", "single_response_prompt", "unshuffle", "vote", "voting_at_k",
+    "greedy_generate", "grm_messages", "grm_prompt", "is_correct", "load_adapter", "load_meta_rm", "load_model",
+    "load_tokenizer", "lora", "meta_rm_filter", "meta_rm_messages", "parse_judgment", "predict_best",
+    "rule_reward", "save_adapter", "save_model", "sequence_rewards", "shuffled_order", "single_response_prompt",
+    "unshuffle", "vote", "voting_at_k",
 ]

@@ -90,7 +90,18 @@ class ModelConfig:
         file = Path(path) / "config.json"
         if not file.exists():
             raise FileNotFoundError(f"no config.json in {path}: expected a Hugging Face model folder")
-        return cls.from_dict(json.loads(file.read_text()))
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{file}: expected a JSON object")
+        try:
+            return cls.from_dict(raw)
+        except KeyError as e:
+            raise ValueError(f"{file}: missing field {e.args[0]!r}") from None
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{file}: {e}") from None
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":

@@ -104,6 +104,30 @@ class Engine:
                     f"{self.blocks.num_blocks} blocks x {self.blocks.block_size})")
         return None
 
+    def add(self, prompt, params: SamplingParams, seed: int, index: int = 0) -> list:
+        """Queue params.n samples of one prompt (a string or token ids), sample j drawn from the
+        random stream sample_seed(seed, index, j). -> the n queued Sequences, or n finished "error"
+        Completions when the prompt cannot be served (empty, longer than the context or pool)."""
+        ids = self._encode(prompt)
+        error = self._check(ids)
+        if error:
+            return [Completion("", [], [], "error", error) for _ in range(params.n)]
+        if self.runner.graphs is not None and not self.scheduler.has_work():
+            self.runner.graphs.ensure_captured()  # first use, or the weights moved (FSDP, RL)
+        seqs = []
+        for j in range(params.n):
+            seqs.append(Sequence(self._next_id, ids, params, sample_seed(seed, index, j)))
+            self._next_id += 1
+            self.scheduler.add(seqs[-1])
+        return seqs
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def abort_all(self) -> None:
+        """Drop every queued and running sequence and free its blocks (after a failed step)."""
+        self.scheduler.abort_all()
+
     def generate(self, prompts, params: SamplingParams | None = None, on_finish=None,
                  seeds: list[int] | None = None) -> list[list[Completion]]:
         """-> outs[i][j], the j-th of params.n completions of prompts[i]. `on_finish(i, j,
@@ -114,28 +138,18 @@ class Engine:
         base_seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
         outs, where = [], {}
         for i, prompt in enumerate(prompts):
-            ids = self._encode(prompt)
-            error = self._check(ids)
-            if error:
-                outs.append([Completion("", [], [], "error", error) for _ in range(params.n)])
-                for j in range(params.n if on_finish else 0):
-                    on_finish(i, j, outs[i][j])
-                continue
-            outs.append([])
-            for j in range(params.n):
-                seed = sample_seed(base_seed, i, j) if seeds is None else sample_seed(seeds[i], 0, j)
-                seq = Sequence(self._next_id, ids, params, seed)
-                self._next_id += 1
-                where[seq.seq_id] = (i, j)
-                outs[i].append(seq)
-                self.scheduler.add(seq)
-        if self.runner.graphs is not None and where:
-            self.runner.graphs.ensure_captured()  # first call, or the weights moved (FSDP)
+            outs.append(self.add(prompt, params, base_seed, i) if seeds is None else self.add(prompt, params, seeds[i]))
+            for j, x in enumerate(outs[i]):
+                if isinstance(x, Completion):
+                    if on_finish:
+                        on_finish(i, j, x)
+                else:
+                    where[x.seq_id] = (i, j)
         bar = tqdm(total=len(where), desc="generate", unit="seq", disable=not self.progress or len(where) < 2)
         while self.scheduler.has_work():
             for seq in self.step():
                 i, j = where[seq.seq_id]
-                outs[i][j] = self._completion(seq)
+                outs[i][j] = self.completion(seq)
                 if on_finish:
                     on_finish(i, j, outs[i][j])
                 bar.update(1)
@@ -182,7 +196,7 @@ class Engine:
         tail = self.tokenizer.decode(seq.output_ids[-window:])
         return any(s in tail for s in stop)
 
-    def _completion(self, seq: Sequence) -> Completion:
+    def completion(self, seq: Sequence) -> Completion:
         assert seq.status == FINISHED
         ids = seq.output_ids
         shown = ids[:-1] if ids and ids[-1] in self.eos_ids and not seq.params.ignore_eos else ids

@@ -10,7 +10,8 @@ Only the parameters' `.data` changes, so parameter objects (held by an optimizer
 stay valid.
 
 `fused_linear(x, *linears)` then computes all projections with one matmul over that storage
-when (a) no gradient is needed and (b) the weights still are consecutive rows of one storage
+when (a) no gradient is needed, (b) the layers are plain nn.Linear (a LoRA layer adds
+its update in its own forward) and (c) the weights still are consecutive rows of one storage
 (checked by pointer arithmetic: after `.to()`, FSDP sharding or any re-assignment the check
 fails and it falls back to one matmul per projection, the slow twin, equal up to float
 rounding; tests/test_fused.py pins them).
@@ -20,6 +21,7 @@ one (q + k + v) GEMM reads the same bytes in one launch instead of three.
 """
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def _consecutive(ts) -> bool:
@@ -45,7 +47,7 @@ def _whole(ts, rows: int):
 def fused_linear(x, *linears):
     """[l(x) for l in linears], in one matmul when the weights are fused and no grad is needed."""
     ws = [lin.weight for lin in linears]
-    if torch.is_grad_enabled() or not _consecutive(ws):
+    if torch.is_grad_enabled() or any(type(lin) is not nn.Linear for lin in linears) or not _consecutive(ws):
         return [lin(x) for lin in linears]
     sizes = [w.shape[0] for w in ws]
     w = _whole(ws, sum(sizes))  # (sum out, in)

@@ -8,7 +8,8 @@ Contract:
         w.r.t. hidden and W. At most a few (chunk_size, V) fp32 tensors exist at once, in the
         forward and in the backward; the full (N, V) logits never do.
     token_logprobs_reference(...)                                 the slow twin (full logits)
-    sequence_logprobs(model, input_ids (B, T), loss_mask (B, T))  -> (B, T - 1) fp32
+    sequence_logprobs(model, input_ids (B, T), loss_mask (B, T), prompt_len=None)  -> (B, T - 1) fp32
+        (prompt_len: the rows share that many prompt tokens, computed once: shared_prefix.py)
 
 Why: RFT (GRM_SPEC §4) needs the next-token NLL of the GRM output and GRPO (§5) needs
 log π_θ(o_t | q, o_<t) for the ratio and the KL. With Gemma-2's 256k vocabulary, 8k tokens
@@ -29,8 +30,12 @@ Mask semantics (shared with rft.sft_example): loss_mask[b, t] = 1 means token t 
 predicted from position t - 1, so loss_mask[:, 0] is never used. sequence_logprobs returns
 out[b, t - 1] = log p(input_ids[b, t] | input_ids[b, :t]) where loss_mask[b, t], else 0.
 """
+from contextlib import nullcontext
+
 import torch
 from torch.autograd.function import once_differentiable
+
+from .shared_prefix import shared_prefix_hidden
 
 
 def _acc_dtype(x):  # fp32, or fp64 for fp64 inputs (so gradcheck can run)
@@ -108,16 +113,34 @@ def token_logprobs_reference(hidden, lm_head_weight, targets, softcap=None, temp
     return logp.gather(1, targets.long()[:, None]).squeeze(1)
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                      chunk_size: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+def sequence_logprobs(model, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk_size: int = 1024,
+                      temperature: float = 1.0, prompt_len: int | None = None, mixed_precision: bool = False) -> torch.Tensor:
     """(B, T) ids and target mask -> (B, T - 1) fp32 log p(ids[:, t] | ids[:, :t]) at column
     t - 1 for every target t (loss_mask[:, t] true); 0 elsewhere. Only target rows reach the
-    vocabulary projection, so prompt and padding tokens cost nothing there."""
-    hidden = model.model(input_ids)  # (B, T, C)
+    vocabulary projection, so prompt and padding tokens cost nothing there. `prompt_len`: the
+    rows are one prompt's completions, sharing their first prompt_len tokens, which are then
+    computed once (shared_prefix.py); the same numbers. `mixed_precision`: the decoder runs
+    under bf16 autocast on CUDA (fp32 master weights; training.LogprobForward), and the
+    vocabulary projection then uses a bf16 copy of the lm_head weight (its gradient flows back)."""
+    with autocast(input_ids.device) if mixed_precision else nullcontext():
+        hidden = decoder_hidden(model.model, input_ids, prompt_len)  # (B, T, C)
     mask = loss_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
     h = hidden[:, :-1][mask]  # (N, C)
     targets = input_ids[:, 1:][mask]  # (N,)
-    lp = token_logprobs(h, model.lm_head.weight, targets, model.config.final_logit_softcapping,
-                        temperature, chunk_size)  # (N,)
+    lp = token_logprobs(h, model.lm_head.weight.to(h.dtype), targets, model.config.final_logit_softcapping,
+                        temperature, chunk_size)  # (N,) fp32
     out = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)  # (B, T-1)
     return out.masked_scatter(mask, lp)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA, a no-op elsewhere (CPU runs and tests stay in fp32)."""
+    device = torch.device(device)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def decoder_hidden(decoder, input_ids: torch.Tensor, prompt_len: int | None = None) -> torch.Tensor:
+    """decoder(input_ids), or its prefix-shared twin when the rows share `prompt_len` tokens."""
+    if prompt_len is None:
+        return decoder(input_ids)
+    return shared_prefix_hidden(decoder, input_ids, prompt_len)

@@ -3,7 +3,8 @@
 Input (GRM_SPEC §1): a user turn "Please score the responses." + the conversation context +
 the responses *in the order the GRM saw them*, and the GRM's generated principles and critique
 as the assistant turn, rendered with the meta RM's chat template (add_generation_prompt=False).
-Output: one scalar logit per judgment; a higher value means the judgment is more likely
+Output: one scalar logit per judgment (None for an input longer than the model's context: it is
+never run); a higher value means the judgment is more likely
 correct (Eq. 10), which is what meta-RM training's binary cross-entropy teaches it.
 
 The checkpoint is an HF `*ForSequenceClassification` folder (num_labels=1, a `score` head),
@@ -16,16 +17,26 @@ tokenizer's own chat template, trailing end-of-turn tokens included.
 import random
 
 import torch
+import torch.nn.functional as F
 
+from .batching import length_grouped, right_pad
 from .checkpoint import load_model
 from .config import ModelConfig
 from .model import CausalLM
 from .prompts import meta_rm_messages
-from .rft import length_grouped
 from .tokenizer import load_tokenizer
+from .logprob import autocast
 
 CLASSIFIERS = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
                "qwen3": "Qwen3ForSequenceClassification", "gemma2": "Gemma2ForSequenceClassification"}
+
+
+def check_meta_rm_folder(path) -> None:
+    """Refuse a folder that is not a scalar-head checkpoint before anything is sampled."""
+    config = ModelConfig.from_pretrained(path)
+    if not config.is_classifier or config.num_labels != 1:
+        raise ValueError(f"{path} is not a *ForSequenceClassification checkpoint with num_labels=1 "
+                         f"(architectures {config.raw.get('architectures')})")
 
 
 class MetaRM:
@@ -33,6 +44,7 @@ class MetaRM:
         if not model.config.is_classifier or model.config.num_labels != 1:
             raise ValueError("the meta RM must be a *ForSequenceClassification checkpoint with num_labels=1")
         self.model, self.tokenizer, self.max_tokens_per_batch = model, tokenizer, max_tokens_per_batch
+        self.max_len = model.config.max_position_embeddings
 
     def encode(self, context, shown_responses: list[str], judgment: str) -> list[int]:
         text = self.tokenizer.apply_chat_template(meta_rm_messages(context, shown_responses, judgment),
@@ -40,26 +52,19 @@ class MetaRM:
         return self.tokenizer.encode(text)
 
     @torch.inference_mode()
-    def score_ids(self, sequences: list[list[int]]) -> list[float]:
-        """One reward per token sequence, in batches of similar length (right-padded)."""
+    def score_ids(self, sequences: list[list[int]]) -> list[float | None]:
+        """One reward per token sequence, in batches of similar length (right-padded); None for a
+        sequence longer than the model's context (it is never run: no memory blow-up)."""
         device = next(self.model.parameters()).device
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        rewards = [0.0] * len(sequences)
-        start = 0
-        while start < len(order):
-            end = start + 1  # grow the batch while (rows x longest) fits the token budget
-            while end < len(order) and (end + 1 - start) * len(sequences[order[end]]) <= self.max_tokens_per_batch:
-                end += 1
-            batch = [sequences[i] for i in order[start:end]]
-            width = max(len(s) for s in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, s in enumerate(batch):
-                ids[row, :len(s)] = torch.tensor(s)
-            r = self.model(ids.to(device)).float()  # (B, T) per-position rewards
-            last = torch.tensor([len(s) - 1 for s in batch], device=device)
-            for i, value in zip(order[start:end], r[torch.arange(len(batch), device=device), last].tolist()):
-                rewards[i] = value
-            start = end
+        fits = [i for i in range(len(sequences)) if 0 < len(sequences[i]) <= self.max_len]
+        rewards = [None] * len(sequences)
+        budget = max([self.max_tokens_per_batch] + [len(sequences[i]) for i in fits])
+        for group in length_grouped([len(sequences[i]) for i in fits], budget):
+            rows = [sequences[fits[g]] for g in group]
+            r = self.model(right_pad(rows, 0).to(device)).float()  # (B, T) per-position rewards
+            last = torch.tensor([len(s) - 1 for s in rows], device=device)
+            for g, value in zip(group, r[torch.arange(len(rows), device=device), last].tolist()):
+                rewards[fits[g]] = value
         return rewards
 
     def score(self, contexts, shown_responses, judgments) -> list[float]:
@@ -67,8 +72,8 @@ class MetaRM:
         return self.score_ids([self.encode(c, r, j) for c, r, j in zip(contexts, shown_responses, judgments)])
 
 
-def load_meta_rm(path, dtype=torch.float32, device="cpu", **kw) -> MetaRM:
-    return MetaRM(load_model(path, dtype=dtype, device=device), load_tokenizer(path), **kw)
+def load_meta_rm(path, dtype=torch.float32, device="cpu", chat_template=None, **kw) -> MetaRM:
+    return MetaRM(load_model(path, dtype=dtype, device=device), load_tokenizer(path, chat_template), **kw)
 
 
 # ---------------------------------------------------------------- training (train_rft.py --meta-rm)
@@ -94,15 +99,19 @@ def classifier_from(path, dtype, device, seed: int) -> CausalLM:
     return model
 
 
+def bce_loss(policy, batch) -> torch.Tensor:
+    """Binary cross-entropy of the reward at each judgment's last token against its Eq. 10 label.
+    `policy` is the (possibly wrapped) classifier; batch = (ids (B, T), last index (B,), labels (B,))."""
+    ids, last, labels = batch
+    with autocast(ids.device):
+        rewards = policy(ids).float()  # (B, T)
+    reward = rewards[torch.arange(len(last), device=ids.device), last]  # (B,)
+    return F.binary_cross_entropy_with_logits(reward, labels.float())
+
+
 def meta_batches(examples, max_tokens, pad_id, seed):
-    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches."""
+    """Length-grouped, right-padded (ids (B, T), last index (B,), labels (B,)) batches, seeded order."""
     groups = length_grouped([len(ids) for ids, _ in examples], max_tokens)
     random.Random(seed).shuffle(groups)
-    out = []
-    for g in groups:
-        T = max(len(examples[i][0]) for i in g)
-        ids = torch.full((len(g), T), pad_id, dtype=torch.long)
-        for row, i in enumerate(g):
-            ids[row, :len(examples[i][0])] = torch.tensor(examples[i][0])
-        out.append((ids, torch.tensor([len(examples[i][0]) - 1 for i in g]), torch.tensor([examples[i][1] for i in g])))
-    return out
+    return [(right_pad([examples[i][0] for i in g], pad_id), torch.tensor([len(examples[i][0]) - 1 for i in g]),
+             torch.tensor([examples[i][1] for i in g])) for g in groups]

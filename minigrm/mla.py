@@ -16,23 +16,26 @@ W_UV (the value half of kv_b_proj) maps the attended latent to each head's outpu
 
 Two forms of the same attention, pinned together by tests/test_deepseek_v2.py:
     attend_expanded   up-project the latent to per-head K/V, ordinary causal attention
-                      (full forward, training, engine prefill over the gathered latent)
-    latent_decode     the absorbed form over the paged latent cache (engine decode)
+                      (full forward, training, engine prefill over the gathered latent).
+                      Without gradients it runs a few sequences and queries at a time, so
+                      no more than EXPANDED_CHUNK_BYTES of per-head K/V or scores exist at once
+    latent_decode     the absorbed form over the paged latent cache (engine decode): the
+                      Triton kernel kernels/mla_decode.py on CUDA, its torch twin on CPU
 
 RoPE layout: DeepSeek rotates *interleaved* pairs (x[2i], x[2i+1]) of the rope part (HF's
 `apply_rotary_emb` multiplies them as complex numbers); we do the same in real fp32 arithmetic
 with the RotaryEmbedding tables (whose first half holds each angle once), so the checkpoint's
 weights load unpermuted. Softmax scale: (qk_nope + qk_rope)**-0.5 times YaRN's mscale**2
 (config.py). Quirk kept from the released code and HF: q_a_layernorm and kv_a_layernorm use
-eps 1e-6 whatever rms_norm_eps says. There is no Triton kernel for MLA: the latent decode is a
-torch path on every device (a fused kernel such as FlashMLA would read each 576-wide cache
-row once for all heads in on-chip memory).
+eps 1e-6 whatever rms_norm_eps says.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .kernels.mla_decode import mla_decode_attention
 from .layers import RMSNorm, causal_attention
+
+EXPANDED_CHUNK_BYTES = 2**28  # inference: per-head K/V (or fp32 scores) materialised at once, at most
 
 
 def apply_rope_interleaved(x, cos, sin):
@@ -81,31 +84,40 @@ class MLAttention(nn.Module):
     def attend_expanded(self, q_nope, q_pe, c_kv, k_pe):
         """q_nope (B, Tq, H, Dn), q_pe (B, Tq, H, Dr); c_kv (B, Tk, R), k_pe (B, Tk, 1, Dr), the
         queries being the last Tq of the Tk positions -> (B, Tq, H, Dv)."""
-        B, Tk, _ = c_kv.shape
-        k_nope, v = self.kv_b_proj(c_kv).view(B, Tk, self.n_heads, -1).split([self.nope, self.v_dim], dim=-1)
-        k = torch.cat([k_nope, k_pe.expand(-1, -1, self.n_heads, -1)], dim=-1)  # (B, Tk, H, Dn + Dr)
-        return causal_attention(torch.cat([q_nope, q_pe], dim=-1), k, v, self.scale)
+        B, Tq, H, _ = q_nope.shape
+        Tk = c_kv.shape[1]
+        q = torch.cat([q_nope, q_pe], dim=-1)  # (B, Tq, H, Dn + Dr)
+        if torch.is_grad_enabled():  # training keeps every chunk's K/V for backward anyway: one go
+            return self._attend_expanded(q, c_kv, k_pe, Tk)
+        per_seq = Tk * H * (self.nope + self.rope + self.v_dim) * q.element_size()  # one sequence's K/V
+        seqs = max(1, EXPANDED_CHUNK_BYTES // per_seq)
+        queries = max(1, EXPANDED_CHUNK_BYTES // (min(seqs, B) * H * Tk * 4))  # their fp32 scores
+        if seqs >= B and queries >= Tq:
+            return self._attend_expanded(q, c_kv, k_pe, Tk)
+        out = q.new_empty(B, Tq, H, self.v_dim)
+        for b in range(0, B, seqs):
+            for i in range(0, Tq, queries):
+                j = min(i + queries, Tq)  # queries i .. j-1 see the first Tk - Tq + j keys
+                out[b:b + seqs, i:j] = self._attend_expanded(q[b:b + seqs, i:j], c_kv[b:b + seqs],
+                                                             k_pe[b:b + seqs], Tk - Tq + j)
+        return out
+
+    def _attend_expanded(self, q, c_kv, k_pe, Tk: int):
+        """q (b, tq, H, Dn + Dr) against the first Tk positions of c_kv (b, >=Tk, R), k_pe."""
+        b = q.shape[0]
+        k_nope, v = self.kv_b_proj(c_kv[:, :Tk]).view(b, Tk, self.n_heads, -1).split([self.nope, self.v_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe[:, :Tk].expand(-1, -1, self.n_heads, -1)], dim=-1)  # (b, Tk, H, Dn + Dr)
+        return causal_attention(q, k, v, self.scale)
 
     def latent_decode(self, q_nope, q_pe, cache, block_tables, context_lens):
         """The absorbed form, one query per sequence. q_nope (B, H, Dn), q_pe (B, H, Dr); cache
         (num_blocks, block_size, 1, R + Dr) rows [c_kv, k_pe]; block_tables (B, max_blocks);
         context_lens (B,) -> (B, H, Dv)."""
-        w = self.kv_b_proj.weight.view(self.n_heads, self.nope + self.v_dim, self.rank)
+        kv_b = self.kv_b_proj  # with a LoRA adapter (lora.py) the weight it applies is W + s B A
+        w = (kv_b.effective_weight() if hasattr(kv_b, "effective_weight") else kv_b.weight)
+        w = w.view(self.n_heads, self.nope + self.v_dim, self.rank)
         w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # (H, Dn, R), (H, Dv, R)
         q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # the nope query in latent space
-        q = torch.cat([q_lat, q_pe], dim=-1)  # (B, H, R + Dr), scored against the cache rows
-        o_lat = paged_latent_attention(q, cache, block_tables, context_lens, self.scale, self.rank)  # (B, H, R)
-        return torch.einsum("bhr,hvr->bhv", o_lat, w_uv)
-
-
-def paged_latent_attention(q, cache, block_tables, context_lens, scale: float, rank: int):
-    """Attention of q (B, H, R + Dr) over each sequence's cached rows [c_kv, k_pe] with values
-    c_kv (the first `rank` columns): MQA with a single, shared KV head. -> (B, H, R).
-    Reads the whole table width, which the runner pads only to the batch's longest sequence
-    (no host sync, no lens.max())."""
-    blocks = block_tables.long().clamp(0, cache.shape[0] - 1)  # unused entries: any block
-    kv = cache[blocks].flatten(1, 2).transpose(1, 2)  # (B, 1, L, R + Dr), L = max_blocks * page
-    valid = torch.arange(kv.shape[2], device=q.device)[None, :] < context_lens.long()[:, None]  # (B, L)
-    out = F.scaled_dot_product_attention(q[:, :, None], kv, kv[..., :rank], attn_mask=valid[:, None, None, :],
-                                         scale=scale, enable_gqa=True)  # (B, H, 1, R)
-    return out[:, :, 0]
+        q = torch.cat([q_lat, q_pe.to(q_lat.dtype)], dim=-1).to(cache.dtype)  # (B, H, R + Dr) against the rows
+        o_lat = mla_decode_attention(q, cache, block_tables, context_lens, self.scale, self.rank)  # (B, H, R)
+        return torch.einsum("bhr,hvr->bhv", o_lat.to(w_uv.dtype), w_uv)  # value up-projection after attention

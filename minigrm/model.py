@@ -1,7 +1,7 @@
 """The decoder-only transformer: Llama, Qwen2, Qwen3, Gemma-2 and DeepSeek-V2.
 
 This file assembles `Attention`, the decoder layer and stack, and the LM / reward heads from the
-building blocks in layers.py (RMSNorm, RoPE, causal_attention, MLP; re-exported here).
+building blocks in layers.py (RMSNorm, RoPE, causal_attention, MLP).
 
 DeepSeek-V2 swaps two blocks of the layer: multi-head latent attention (mla.py) for
 `Attention`, and from layer `first_k_dense_replace` on a mixture of experts (moe.py) for `MLP`.
@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .config import SLIDING, ModelConfig
 from .fused import fused_linear
-from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, causal_attention, rotate_half  # noqa: F401 (re-exported)
+from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, causal_attention
 from .mla import MLAttention
 from .moe import MoE
 

@@ -55,8 +55,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm to max_norm in place; return the norm before clipping."""
+    """Clip the global gradient norm to max_norm in place; return the norm before clipping, as a
+    float (also under FSDP2, whose gradients are DTensors: the norm is reduced over the shards)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

@@ -21,16 +21,13 @@ last turn is the user's is rendered one turn per line as "User: ...", "Assistant
 "System: ..."; a single user turn renders as its bare content, so "hi" and
 [{"role": "user", "content": "hi"}] give the same prompt.
 
-Open choices (not in the paper), each documented where made:
+Every template is the paper's text (Appendix G, written out in GRM_SPEC §1) byte for byte; the
+tests compare each one with the spec's blocks. Open choices (not in the paper):
 - the multi-turn rendering above;
-- the wording of the single-response criteria (the paper names Instruction Adherence,
-  Clarity, Accuracy; we write one sentence each in the paper's style) and the single-response
-  "Analysis:" / "Scores:" lines; the rest of its preamble is the default one unchanged;
-- the hint goes at the end of the user turn after a blank line (`hinted`);
-- the judge prompt's preamble replaces "score the responses" by "select the best response",
-  drops the 1..10 score sentence and keeps the general criteria;
-- the meta RM prompt joins its blocks with blank lines as the default prompt does.
+- where the hint goes: at the very end of the user turn, after a blank line (`hinted`).
 """
+
+import re
 
 Message = dict[str, str]
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -50,7 +47,8 @@ SCORE_SENTENCE = (
     "response does not meet the criteria at all, a score of 6 means the response meets only "
     "some parts, and a score of 10 means the response perfectly meets the evaluation criteria.\n"
 )
-SINGLE_SCORE_SENTENCE = "The score is 0 or 1, with 1 indicating that the response is correct.\n"
+# The n = 1 prompt continues the second paragraph (one space, no line break) instead.
+SINGLE_SCORE_SENTENCE = " The score is 0 or 1, with 1 indicating that the response is correct.\n"
 STRICT = "Before scoring, please analyze step by step. Your scoring needs to be as strict as possible.\n"
 
 CRITERIA = """#### Evaluation Criteria ####
@@ -80,12 +78,29 @@ CRITERIA = """#### Evaluation Criteria ####
  Example: If the response strays from the topic but still provides some relevant information, it falls under “Partially Relevant.”
 """
 
-# Open choice: the paper names these three criteria for the n = 1 prompt without their text.
+# The n = 1 training prompt's criteria (GRM_SPEC §1): three, with level names but no point ranges.
 SINGLE_CRITERIA = """#### Evaluation Criteria ####
-1. Instruction Adherence: The response fully complies with all instructions and requirements of the question.
-2. Clarity: The response is clearly expressed and well organized, and its reasoning is easy to follow.
-3. Accuracy: The response is factually and logically correct, and its final answer is correct.
+1. Instruction Adherence:
+ - Fully Adhered: The response fully complies with all instructions and requirements of the question.
+ - Partially Adhered: The response meets most of the instructions but has some omissions or misunderstandings.
+ - Basically Adhered: The response meets some instructions, but the main requirements are not fulfilled.
+ - Not Adhered: The response does not meet any instructions.
+ Example: If the question requires three examples and the response provides only one, it falls under “Partially Adhered.”
+2. Clarity:
+ - Very Clear: The response is fluent, well-structured, and logically clear.
+ - Clear but Minor Issues: The response is mostly clear but has some minor language or structural issues.
+ - Basically Clear: The response has noticeable language or logic issues but is still understandable.
+ - Not Clear: The response is disjointed, illogical, and hard to understand.
+ Example: If the response has complex sentence structures and lacks punctuation, it falls under “Basically Clear” or “Not Clear.”
+3. Accuracy:
+ - Completely Accurate: All information and data are completely accurate.
+ - Mostly Accurate: Most information is accurate, with minor errors.
+ - Some Errors: There are some noticeable errors affecting comprehension.
+ - Mostly Incorrect: There are numerous errors seriously affecting the credibility of the information.
+ Example: If a specific data point is incorrectly cited but doesn’t affect the overall conclusion, it falls under “Mostly Accurate.”
 """
+# The judge baseline's criteria: the default four without their point ranges.
+JUDGE_CRITERIA = re.sub(r" \(\d+-\d+ points\)", "", CRITERIA)
 
 FORMAT_HEADER = "#### Output Format Requirements ####\nOutput with three lines\n"
 CRITERIA_LINE = ("Specific Criteria: <Other potential criteria specific to the query and the "
@@ -93,16 +108,13 @@ CRITERIA_LINE = ("Specific Criteria: <Other potential criteria specific to the q
 ANALYSIS_LINE = "Analysis: <Compare different responses based on given Criteria>.\n"
 SCORES_LINE = ("Scores: <the overall comprehensive score of all responses in order, separate by "
                "comma in the boxed, e.g., \\boxed{x, x} if there exists 2 responeses>.")
-SINGLE_ANALYSIS_LINE = "Analysis: <Analyze the response based on given Criteria>.\n"
-SINGLE_SCORES_LINE = "Scores: <the overall comprehensive score of the response in the boxed, e.g., \\boxed{x}>."
-JUDGE_SCORES_LINE = ("Scores: <the index of the best response based on the above criteria, in the "
-                     "format of \\boxed{x}>.")
-JUDGE_PREAMBLE = (
-    PREAMBLE.replace("to score the responses.", "to select the best response.")
-    .replace("provide an overall comprehensive score upon them.", "select the best response upon them.")
-)
-JUDGE_STRICT = "Before selecting, please analyze step by step. Your judgment needs to be as strict as possible.\n"
-META_RM_INSTRUCTION = "Please score the responses."
+SINGLE_SCORES_LINE = "Scores: <the overall comprehensive score of the response, e.g., \\boxed{x}>."
+JUDGE_SCORES_LINE = ("Scores: <the index of the best response based on the judgement, in the format of "
+                     "\\boxed{x}>.")
+JUDGE_PREAMBLE = PREAMBLE.replace("and then provide an overall comprehensive score upon them.",
+                                  "and then select the best response among all candidates.")
+JUDGE_STRICT = "Before judging, please analyze step by step. Your judgement needs to be as strict as possible.\n"
+META_RM_INSTRUCTION = "Please score the responses.\n"
 HINT = "The best response is: Response {j}"
 
 
@@ -153,8 +165,9 @@ def single_response_prompt(context, response: str) -> str:
     if not isinstance(response, str):
         raise ValueError("response must be a string")
     block = f"#### Responses to be Scored ####\n[The Begin of Response]\n{response}\n[The End of Response]\n"
-    return (PREAMBLE + SINGLE_SCORE_SENTENCE + STRICT + "\n" + SINGLE_CRITERIA + "\n" + _context_block(context)
-            + "\n" + block + "\n" + FORMAT_HEADER + CRITERIA_LINE + SINGLE_ANALYSIS_LINE + SINGLE_SCORES_LINE)
+    return (PREAMBLE.removesuffix("\n") + SINGLE_SCORE_SENTENCE + STRICT + "\n" + SINGLE_CRITERIA + "\n"
+            + _context_block(context) + "\n" + block + "\n" + FORMAT_HEADER + CRITERIA_LINE + ANALYSIS_LINE
+            + SINGLE_SCORES_LINE)
 
 
 def hinted(prompt_text: str, best_index: int) -> str:
@@ -170,14 +183,15 @@ def hinted(prompt_text: str, best_index: int) -> str:
 def judge_prompt(context, responses: list[str]) -> str:
     """LLM-as-a-judge baseline: pick the best response; parse with
     `parse_judgment(text, 1, lo=1, hi=len(responses))` (the box holds a 1-based index)."""
-    return (JUDGE_PREAMBLE + JUDGE_STRICT + "\n" + CRITERIA + "\n" + _context_block(context) + "\n"
+    return (JUDGE_PREAMBLE + JUDGE_STRICT + "\n" + JUDGE_CRITERIA + "\n" + _context_block(context) + "\n"
             + _responses_block(responses) + "\n" + FORMAT_HEADER + CRITERIA_LINE + ANALYSIS_LINE
             + JUDGE_SCORES_LINE)
 
 
 def meta_rm_prompt(context, responses: list[str]) -> str:
-    """The meta RM's user turn; the GRM's judgment follows as the assistant turn."""
-    return META_RM_INSTRUCTION + "\n\n" + _context_block(context) + "\n" + _responses_block(responses).rstrip("\n")
+    """The meta RM's user turn (no blank lines; it ends with the newline after the last response
+    block); the GRM's judgment follows as the assistant turn."""
+    return META_RM_INSTRUCTION + _context_block(context) + _responses_block(responses)
 
 
 def user_messages(text: str) -> list[Message]:

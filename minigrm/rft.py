@@ -3,33 +3,28 @@ next-token loss on the GRM output only.
 
 Contract:
     reject_non_hinted([c_1..c_N]) -> Rejection(kept, too_easy)   N_RFT = 3 in the paper
-    reject_hinted(correct) -> bool                                keep iff correct
+    select(trajectory records) -> (accepted records, rates)     both rules over a run's samples
     sft_example(prompt_ids, output_ids) -> (input_ids, loss_mask)  Python lists
-    length_grouped(lengths, max_tokens) -> [[example index, ...], ...]
+    chat_example(tok, messages, answer_text) -> (input_ids, loss_mask) in tok's template
     sft_batches(examples, max_tokens_per_batch, pad_id) -> [(input_ids, loss_mask) (B, T)]
-    sft_loss(model, input_ids, loss_mask) -> mean NLL over target tokens (0-d fp32)
+    sft_loss(policy, (input_ids, loss_mask)) -> mean NLL over target tokens (0-d fp32)
 
 Rules (§4): non-hinted sampling draws N_RFT trajectories per data point; incorrect ones are
 dropped (Eq. 10, invalid judgments count as incorrect), and if *all* are correct the data point
 is "too easy" and dropped altogether. A hinted trajectory is kept iff correct.
 
-Mask semantics (shared with logprob.sequence_logprobs): loss_mask[t] = 1 means token t is a
+Mask semantics (shared with training.LogprobForward): loss_mask[t] = 1 means token t is a
 target, predicted from position t - 1. Only the GRM output tokens (everything the model
 generated after the chat template's generation prompt, EOS included) are targets.
 
-Batching: the decoder attends plain-causally over a whole row and has no block-diagonal
-mask, so true sequence packing would let one example attend to the one before it. Instead
-this is **length-grouped batching**: examples sorted by length, longest first, cut into
-batches whose padded size B × T stays within a token budget, right-padded with pad_id
-(pads are never targets, and causal attention never lets a real token see the pads after it).
-Shuffle the returned batch order (seeded) in the training loop: the groups come out sorted.
+Batching: length-grouped and right-padded (batching.py says why not packed).
 """
 import random
 from typing import NamedTuple
 
 import torch
 
-from .logprob import sequence_logprobs
+from .batching import length_grouped, right_pad
 
 
 class Rejection(NamedTuple):
@@ -43,8 +38,28 @@ def reject_non_hinted(trajectories_correct: list[bool]) -> Rejection:
     return Rejection([i for i, c in enumerate(trajectories_correct) if c], False)
 
 
-def reject_hinted(correct: bool) -> bool:
-    return bool(correct)
+def select(records: list[dict]) -> tuple[list[dict], dict]:
+    """Rejective sampling over sampled trajectory records {"item", "sample", "hinted", "correct",
+    "valid"} -> (accepted records, rates): per item, the non-hinted ones by reject_non_hinted; a
+    hinted one is kept iff correct."""
+    by_item: dict[str, list[dict]] = {}
+    for r in records:
+        by_item.setdefault(r["item"], []).append(r)
+    accepted, too_easy = [], 0
+    for rs in by_item.values():
+        plain = sorted((r for r in rs if not r["hinted"]), key=lambda r: r["sample"])
+        rejection = reject_non_hinted([r["correct"] for r in plain])
+        too_easy += rejection.too_easy
+        accepted += [plain[i] for i in rejection.kept] + [r for r in rs if r["hinted"] and r["correct"]]
+    plain = [r for r in records if not r["hinted"]]
+    hinted = [r for r in records if r["hinted"]]
+    n = max(len(records), 1)
+    stats = {"items": len(by_item), "trajectories": len(records), "accepted": len(accepted),
+             "acceptance_rate": len(accepted) / n, "too_easy_rate": too_easy / max(len(by_item), 1),
+             "invalid_rate": sum(not r["valid"] for r in records) / n,
+             "non_hinted_correct_rate": sum(r["correct"] for r in plain) / max(len(plain), 1),
+             "hinted_acceptance_rate": sum(r["correct"] for r in hinted) / len(hinted) if hinted else None}
+    return accepted, stats
 
 
 def sft_example(prompt_ids: list[int], output_ids: list[int]) -> tuple[list[int], list[bool]]:
@@ -59,48 +74,39 @@ def sft_example(prompt_ids: list[int], output_ids: list[int]) -> tuple[list[int]
     return input_ids, loss_mask
 
 
-def length_grouped(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Group example indices, longest first, so that len(group) * longest <= max_tokens."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable among equal lengths
-    groups: list[list[int]] = []
-    for i in order:
-        if lengths[i] > max_tokens:
-            raise ValueError(f"example {i} has {lengths[i]} tokens, more than the batch budget of "
-                             f"{max_tokens}; truncate or drop it before batching")
-        # the group's first example is its longest, so the padded size is count * that length
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
+def chat_example(tok, messages: list[dict], answer: str) -> tuple[list[int], list[bool]]:
+    """A conversation and the assistant's answer TEXT -> (input_ids, loss_mask) in `tok`'s own
+    chat template and vocabulary: the prompt is `messages` with the generation prompt, the
+    targets are the answer and whatever the template closes the turn with (end-of-turn token).
+    Re-encoding the text (rather than reusing a sampler's token ids) is what lets RFT data come
+    from a sampler with another tokenizer."""
+    prefix = tok.apply_chat_template(messages, add_generation_prompt=True)
+    full = tok.apply_chat_template(messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
+    if not full.startswith(prefix):
+        raise ValueError("the chat template does not render the conversation as prompt + answer; "
+                         "pass a template that does (--chat-template)")
+    return sft_example(tok.encode(prefix), tok.encode(full[len(prefix):]))
 
 
 def sft_batches(examples: list[tuple[list[int], list[bool]]], max_tokens_per_batch: int,
                 pad_id: int, shuffle_seed: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(input_ids, loss_mask) examples -> length-grouped, right-padded batches of
-    ((B, T) long input_ids, (B, T) bool loss_mask) with B * T <= max_tokens_per_batch.
-    With shuffle_seed the batch order is shuffled (the examples inside a batch stay grouped)."""
+    ((B, T) long input_ids, (B, T) bool loss_mask) with B * T <= max_tokens_per_batch (pads are
+    never targets). With shuffle_seed the batch order is shuffled (a batch's examples stay together)."""
+    for i, (ids, mask) in enumerate(examples):
+        if len(ids) != len(mask):
+            raise ValueError(f"example {i}: {len(ids)} ids but {len(mask)} mask entries")
     groups = length_grouped([len(ids) for ids, _ in examples], max_tokens_per_batch)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(groups)
-    batches = []
-    for group in groups:
-        T = max(len(examples[i][0]) for i in group)
-        input_ids = torch.full((len(group), T), pad_id, dtype=torch.long)  # (B, T)
-        loss_mask = torch.zeros((len(group), T), dtype=torch.bool)  # (B, T), pads are no target
-        for row, i in enumerate(group):
-            ids, mask = examples[i]
-            assert len(ids) == len(mask), f"example {i}: {len(ids)} ids but {len(mask)} mask entries"
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            loss_mask[row, :len(mask)] = torch.tensor(mask, dtype=torch.bool)
-        batches.append((input_ids, loss_mask))
-    return batches
+    return [(right_pad([examples[i][0] for i in g], pad_id), right_pad([examples[i][1] for i in g], False, torch.bool))
+            for g in groups]
 
 
-def sft_loss(model, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-             chunk_size: int = 1024) -> torch.Tensor:
+def sft_loss(policy, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-token NLL over every target token of the batch (a token-level mean, so long
-    outputs weigh more than short ones, as in ordinary SFT). (B, T) long, (B, T) -> 0-d fp32."""
-    logp = sequence_logprobs(model, input_ids, loss_mask, chunk_size)  # (B, T-1), 0 off-target
-    n_targets = loss_mask[:, 1:].sum().clamp(min=1)
-    return -logp.sum() / n_targets
+    outputs weigh more than short ones, as in ordinary SFT). `policy` is a training.LogprobForward
+    (possibly DDP / FSDP2-wrapped); batch = ((B, T) long input_ids, (B, T) loss_mask) -> 0-d fp32."""
+    input_ids, loss_mask = batch
+    logp = policy(input_ids, loss_mask)  # (B, T-1), 0 off-target
+    return -logp.sum() / loss_mask[:, 1:].sum().clamp(min=1)

@@ -4,6 +4,7 @@
 temperature 1 (after Gemma-2's final softcap, before any top-k / top-p truncation): the
 quantity GRPO's importance ratio needs, whatever temperature the sample was drawn at.
 """
+import math
 from dataclasses import dataclass, field
 
 
@@ -19,6 +20,14 @@ class SamplingParams:
     seed: int | None = None  # same seed -> same outputs, whatever else is in the batch
 
     def __post_init__(self):
+        for name in ("n", "max_tokens", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.n < 1 or self.max_tokens < 1:
             raise ValueError(f"n and max_tokens must be >= 1, got n={self.n}, max_tokens={self.max_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:

@@ -186,3 +186,11 @@ class Scheduler:
         self.blocks.release(seq.block_table)
         if self.on_release:
             self.on_release(seq)
+
+    def abort_all(self) -> None:
+        """Finish every running and waiting sequence with reason "error" (after a failed step)."""
+        for seq in list(self.running):
+            self.finish(seq, "error")
+        for seq in self.waiting:  # waiting sequences hold no blocks (preemption released them)
+            seq.status, seq.finish_reason = FINISHED, "error"
+        self.waiting.clear()

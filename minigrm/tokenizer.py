@@ -264,7 +264,15 @@ def _token_str(value) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return value
 
 
 def _find_template(path: Path, config: dict) -> str | None:
@@ -284,8 +292,9 @@ def _ids(value) -> list[int]:
 
 def _resolve_template(path: Path, config: dict, chat_template, special: dict):
     """-> (render(messages, add_generation_prompt), family name, error message if none)."""
-    how = (f'pass one explicitly: load_tokenizer(path, chat_template="chatml") with one of '
-           f'{sorted(FAMILIES)}, or chat_template=<callable (messages, add_generation_prompt) -> str>')
+    how = (f'pass one explicitly: --chat-template chatml in the scripts, load_tokenizer(path, '
+           f'chat_template="chatml") with one of {sorted(FAMILIES)}, or chat_template=<callable '
+           f'(messages, add_generation_prompt) -> str>')
     if callable(chat_template):
         return chat_template, getattr(chat_template, "__name__", "callable"), ""
     if chat_template is not None:
@@ -307,7 +316,13 @@ def load_tokenizer(path: str | Path, chat_template: str | ChatTemplate | None = 
     """Tokenizer for an HF folder. `chat_template`: None (recognise the folder's template),
     a FAMILIES name to force one, or a callable (messages, add_generation_prompt) -> str."""
     path = Path(path)
-    backend = _Backend.from_file(str(path / "tokenizer.json"))
+    file = path / "tokenizer.json"
+    if not file.exists():
+        raise FileNotFoundError(f"no tokenizer.json in {path}: minigrm reads Hugging Face fast-tokenizer folders")
+    try:
+        backend = _Backend.from_file(str(file))
+    except Exception as e:  # the tokenizers library raises its own Exception type
+        raise ValueError(f"{file}: not a tokenizers file ({str(e)[:200]})") from None
     config = {**_read_json(path / "special_tokens_map.json"), **_read_json(path / "tokenizer_config.json")}
     special = {name: _token_str(config.get(name)) for name in SPECIAL}
     # transformers adds configured special tokens missing from tokenizer.json; so do we.

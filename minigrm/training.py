@@ -3,11 +3,14 @@ bf16 autocast, gradient-sync control, metric reduction, Ctrl-C and atomic, resum
 
 Contract:
     policy = LogprobForward(model)            policy(ids (B, T), mask (B, T)) -> (B, T - 1) fp32
+                                              policy(ids, mask, prompt_len=P): rows = one prompt's
+                                              G completions, the prompt computed once (shared_prefix.py)
     policy = wrap(policy, d, fsdp=False)      DDP when world > 1, FSDP2 with fsdp, else itself
     with full_weights(policy): engine.generate(...)   FSDP2: every rank holds full weights
     with grad_sync(policy, last_micro_batch): loss.backward()
     means = reduce_metrics(d, {"name": (sum, count)})  sums and counts added over ranks
-    with interrupt_guard() as stop: ... if stop_requested(d, stop): save and leave
+    with interrupt_guard() as stop: ... if stop_requested(d, stop): save and leave  (SIGINT, SIGTERM)
+    checkpoint_step(out, step, total, model, policy, optimizer, d, stop, save_every=, keep_last=, ...)
     save_checkpoint(out, step, model, policy, optimizer, d, tokenizer_dir, extra) -> folder
     state = load_checkpoint(folder, policy, optimizer, d)    -> {"step", "extra", ...}
     latest_checkpoint(out) -> folder or None
@@ -19,67 +22,46 @@ returns only the targets' log-probs (logprob.py's chunked projection), the same 
 `logprob.sequence_logprobs` (pinned by a test). The sampling Engine is given the bare model.
 
 Checkpoints: `<out>/checkpoint-<step>/` is an HF folder (config.json, safetensors, tokenizer
-files: transformers, minigrm and infer_scale.py load it) plus `trainer_state.pt` (step,
-optimizer, the script's data position) and one `rng-rank<r>.pt` per rank. It is written
+files: transformers, minigrm and infer_scale.py load it) plus `trainer_state.json` (step,
+world size, the script's extra state), `optimizer.pt` and one `rng-rank<r>.pt` per rank, both
+tensors only and read with weights_only=True (a crafted file cannot run code). It is written
 in `<out>/.tmp-checkpoint-<step>` and renamed when complete, then `<out>/latest` (a text file
 naming it) is replaced atomically: a crash never leaves a half-written checkpoint that
 looks complete. Under FSDP2 the model and optimizer are gathered to full (unsharded) state
-dicts on rank 0, so a run can resume on another world size.
+dicts on rank 0, so a run can resume on another world size. A model with LoRA adapters
+(lora.py) is saved as its adapter instead, in PEFT's format (adapter.py: adapter_config.json
+naming `tokenizer_dir` as the base, adapter_model.safetensors), and the optimizer state is
+that of the adapters only; resume with `load_model(base, adapter=folder)` before wrapping.
 
 Deviations / open choices:
-  - autocast runs the decoder in bf16 on CUDA with fp32 master weights; the vocabulary
-    projection then uses a bf16 copy of the lm_head weight (its gradient flows back to fp32).
+  - autocast (logprob.autocast) runs the decoder in bf16 on CUDA with fp32 master weights; the
+    vocabulary projection then uses a bf16 copy of the lm_head weight (its gradient flows back).
   - FSDP2 rollouts unshard the whole model first, so during sampling every rank holds the
     full weights (plus its KV cache); the layers' hooks find them unsharded and gather nothing,
     which is what lets ranks run different numbers of engine steps.
 """
-import os
-import random
-import shutil
 import signal
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-from .checkpoint import save_model
-from .logprob import token_logprobs
-
-LATEST = "latest"
-
+from .logprob import sequence_logprobs
 
 class LogprobForward(nn.Module):
-    """The module DDP / FSDP2 wrap: forward(ids, loss_mask) = sequence_logprobs(lm, ids, loss_mask)."""
+    """The module DDP / FSDP2 wrap: forward(ids, loss_mask) = sequence_logprobs(lm, ids, loss_mask)
+    with the decoder under bf16 autocast on CUDA."""
 
     def __init__(self, lm, chunk_size: int = 1024):
         super().__init__()
         self.lm, self.chunk_size = lm, chunk_size
 
-    def forward(self, input_ids, loss_mask):
-        with autocast(input_ids.device):
-            hidden = self.lm.model(input_ids)  # (B, T, C)
-        mask = loss_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
-        h, targets = hidden[:, :-1][mask], input_ids[:, 1:][mask]  # (N, C), (N,)
-        w = self.lm.lm_head.weight
-        lp = token_logprobs(h, w.to(h.dtype), targets, self.lm.config.final_logit_softcapping,
-                            chunk_size=self.chunk_size)  # (N,) fp32
-        return torch.zeros(mask.shape, dtype=torch.float32, device=h.device).masked_scatter(mask, lp)
+    def forward(self, input_ids, loss_mask, prompt_len: int | None = None):
+        return sequence_logprobs(self.lm, input_ids, loss_mask, self.chunk_size, prompt_len=prompt_len,
+                                 mixed_precision=True)
 
 
-def autocast(device):
-    """bf16 autocast on CUDA, a no-op elsewhere (CPU runs and tests stay in fp32)."""
-    device = torch.device(device)
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def unwrap(module):
-    """The LogprobForward inside a DDP wrapper (FSDP2 swaps classes in place: nothing to peel)."""
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
-def _is_fsdp(module) -> bool:
+def is_fsdp(module) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(module, FSDPModule)
 
@@ -109,7 +91,7 @@ def wrap(policy: LogprobForward, d, fsdp: bool = False, trainable: bool = True):
 def full_weights(policy):
     """FSDP2: all-gather every shard for a rollout and keep it (no resharding after each layer's
     forward); reshard afterwards. Each rank then holds the full weights. No-op otherwise."""
-    if not _is_fsdp(policy):
+    if not is_fsdp(policy):
         yield
         return
     from torch.distributed.fsdp import FSDPModule
@@ -128,21 +110,12 @@ def full_weights(policy):
 
 def grad_sync(policy, enabled: bool):
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
-    if _is_fsdp(policy):
+    if is_fsdp(policy):
         policy.set_requires_gradient_sync(enabled)
         return nullcontext()
     if isinstance(policy, nn.parallel.DistributedDataParallel) and not enabled:
         return policy.no_sync()
     return nullcontext()
-
-
-def grad_norm_and_clip(policy, max_norm: float) -> float:
-    """Clip the global gradient norm in place; -> the norm before clipping (works on FSDP2's DTensors)."""
-    params = [p for p in policy.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def reduce_metrics(d, pairs: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -154,131 +127,32 @@ def reduce_metrics(d, pairs: dict[str, tuple[float, float]]) -> dict[str, float]
 
 @contextmanager
 def interrupt_guard():
-    """Turn the first Ctrl-C into a request (`stop["requested"]`) that the loop honours at the end
-    of a step, so a checkpoint is never taken in the middle of an optimizer update. A second
-    Ctrl-C interrupts at once."""
-    stop = {"requested": False}
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM (a scheduler's stop, `kill`) into a request
+    (`stop["requested"]`, `stop["signal"]`) that the loop honours at the end of a step, so a
+    checkpoint is never taken in the middle of an optimizer update. A second one interrupts at once.
+    The script then exits with 128 + the signal number (130 / 143), as a shell expects."""
+    stop = {"requested": False, "signal": None}
 
     def handler(signum, frame):
         if stop["requested"]:
             raise KeyboardInterrupt
-        stop["requested"] = True
-        print("\nCtrl-C: finishing this step, then saving a checkpoint (press again to abort)", flush=True)
+        stop["requested"], stop["signal"] = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step, then saving a checkpoint (send it again to abort)", flush=True)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def exit_code(stop) -> int:
+    """0 for a finished run; 128 + signal number for one stopped by SIGINT / SIGTERM."""
+    return 128 + int(stop["signal"]) if stop["requested"] and stop["signal"] else 0
 
 
 def stop_requested(d, stop) -> bool:
     """True on every rank as soon as any rank was interrupted (they must save together)."""
     return d.all_sum([float(stop["requested"])])[0] > 0
-
-
-def checkpoint_step(out, step: int, total: int, args, model, policy, optimizer, d, stop) -> bool:
-    """End of a training step: save every --save-every steps, at the end and when interrupted
-    (all ranks together). -> True when the loop must stop (Ctrl-C)."""
-    interrupted = stop_requested(d, stop)
-    if step % args.save_every == 0 or step == total or interrupted:
-        path = save_checkpoint(out, step, model, policy, optimizer, d, args.model,
-                               {"data": args.data, "seed": args.seed}, args.keep_last)
-        if d.main:
-            print(f"saved {path}", flush=True)
-    if interrupted and d.main:
-        print(f"interrupted after step {step}: rerun with --resume to continue", flush=True)
-    return interrupted
-
-
-class _FullModel:
-    """What save_model reads from a model (config and state_dict), for a gathered FSDP2 state."""
-
-    def __init__(self, config, state):
-        self.config, self._state = config, state
-
-    def state_dict(self):
-        return self._state
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, extra: dict | None = None,
-                    keep_last: int = 0) -> Path:
-    """Write <out>/checkpoint-<step> atomically (see module doc); every rank must call it.
-    `model` is the bare CausalLM, `policy` its (possibly wrapped) LogprobForward."""
-    out = Path(out)
-    final, tmp = out / f"checkpoint-{step}", out / f".tmp-checkpoint-{step}"
-    if d.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    d.barrier()
-    if _is_fsdp(policy):  # collectives: every rank takes part, rank 0 receives the full state
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(policy, options=opts)
-        optim_state = get_optimizer_state_dict(policy, optimizer, options=opts)
-        full = _FullModel(model.config, {k.removeprefix("lm."): v for k, v in state.items()})
-    else:
-        optim_state, full = optimizer.state_dict(), model
-    torch.save(_rng_state(), tmp / f"rng-rank{d.rank}.pt")
-    if d.main:
-        save_model(full, tmp, tokenizer_dir)
-        torch.save({"step": step, "optimizer": optim_state, "extra": extra or {}, "world": d.world},
-                   tmp / "trainer_state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        pointer = out / f".{LATEST}.tmp"
-        pointer.write_text(final.name + "\n")
-        os.replace(pointer, out / LATEST)
-        if keep_last > 0:
-            steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if p.name[11:].isdigit())
-            for s in steps[:-keep_last]:
-                shutil.rmtree(out / f"checkpoint-{s}", ignore_errors=True)
-    d.barrier()
-    return final
-
-
-def latest_checkpoint(out) -> Path | None:
-    pointer = Path(out) / LATEST
-    if not pointer.exists():
-        return None
-    folder = Path(out) / pointer.read_text().strip()
-    return folder if (folder / "trainer_state.pt").exists() else None
-
-
-def resolve_resume(resume, out) -> Path | None:
-    """--resume value -> checkpoint folder: "latest" (<out>/latest, None when absent) or a path."""
-    if not resume:
-        return None
-    if resume == LATEST:
-        return latest_checkpoint(out)
-    folder = Path(resume)
-    if not (folder / "trainer_state.pt").exists():
-        raise FileNotFoundError(f"--resume {resume}: no trainer_state.pt there (not a training checkpoint)")
-    return folder
-
-
-def load_checkpoint(folder, policy, optimizer, d) -> dict:
-    """Restore the optimizer and this rank's RNG from a checkpoint (the weights are loaded from
-    the same folder with load_model, before wrapping); -> the trainer state (step, extra)."""
-    folder = Path(folder)
-    state = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
-    if _is_fsdp(policy):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(policy, optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(state["optimizer"])
-    rng_file = folder / f"rng-rank{d.rank}.pt"
-    if rng_file.exists():  # absent when resuming on more ranks than were saved
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    return state

@@ -9,14 +9,14 @@ import torch
 import transformers
 
 import minigrm
-from factories import VOCAB, hf_model, save_hf
-from test_engine import PROMPTS, assert_triton_equals_torch, engine
-from test_training import one_thread  # noqa: F401 (autouse fixture)
+from factories import PROMPTS, VOCAB, assert_triton_equals_torch, engine, hf_model, save_hf
 from minigrm import mla
+from minigrm.kernels import mla_decode
 from minigrm.config import ModelConfig
 from minigrm.engine import teacher_forced_logprobs
 from minigrm.kv_cache import allocate_kv_cache, kv_bytes_per_token
-from minigrm.model import CausalLM, apply_rope
+from minigrm.layers import apply_rope
+from minigrm.model import CausalLM
 from minigrm.sampling import SamplingParams
 
 TOL = 1e-4
@@ -46,6 +46,8 @@ V2_LITE = dict(
     rope_parameters=dict(beta_fast=32, beta_slow=1, factor=40, mscale=0.707, mscale_all_dim=0.707,
                          original_max_position_embeddings=4096, rope_theta=10000, rope_type="yarn", type="yarn"),
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def max_diff(a, b):
@@ -177,8 +179,12 @@ def test_v2_lite_config_builds_15_7b_params_and_its_latent_cache():
 
 # --- the latent cache ----------------------------------------------------------------------
 
-def test_latent_decode_equals_expanded_attention():
-    """The absorbed form over a paged, shuffled latent cache = up-projected K/V + causal attention."""
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_latent_decode_equals_expanded_attention(backend, monkeypatch):
+    """The absorbed form over a paged, shuffled latent cache = up-projected K/V + causal attention,
+    with the torch twin and with the Triton kernel (interpreted on CPU, 3 splits)."""
+    monkeypatch.setattr(minigrm.kernels, "_backend", backend)
+    monkeypatch.setattr(mla_decode, "_auto_splits", lambda *a: 3)
     c = ModelConfig.from_dict(hf_model("deepseek_v2", q_lora_rank=24).config.to_dict())
     layer = mla.MLAttention(c, 0).requires_grad_(False)
     g = torch.Generator().manual_seed(0)
@@ -232,8 +238,8 @@ def test_engine_logprobs_equal_full_forward_with_sharing_and_preemption(pair):
 
 
 def test_engine_on_triton_kernels_equals_torch_path(tmp_path):
-    """The GPU path (RMSNorm kernel on kv_a_layernorm's strided rows and q_a_layernorm, the
-    sampler; interpreted on CPU) gives the torch path's tokens. MLA attention is torch on both."""
+    """The GPU path (RMSNorm kernel on kv_a_layernorm's strided rows and q_a_layernorm, the MLA
+    latent decode kernel, the sampler; interpreted on CPU) gives the torch path's tokens."""
     assert_triton_equals_torch(minigrm.load_model(save_hf(hf_model("deepseek_v2", **VARIANTS["qlora-grouped"]), tmp_path)))
 
 

@@ -28,6 +28,8 @@ def test_default_run_on_a_slice(tmp_path):
     assert [r["setting"] for r in rows] == ["Greedy", "Voting@1", "Voting@2", "Voting@4", "MetaRM@2", "MetaRM@4"]
     greedy = rows[0]
     assert greedy["invalid_rate"] < 0.2  # the shipped GRM writes the paper's format
+    assert greedy["accuracy"]["lo"] <= greedy["accuracy"]["value"] <= greedy["accuracy"]["hi"]
+    assert 0.3 < greedy["chance"] < 0.5 and set(greedy["subsets"]) == {"add", "mul", "sub"}
     assert (tmp_path / "scaling.svg").read_text().startswith("<svg")
 
 

@@ -2,7 +2,7 @@
 import json
 
 from minigrm.demo import reproduce
-from minigrm.training import latest_checkpoint
+from minigrm.resume import latest_checkpoint
 
 
 def test_quick_pipeline_runs_every_stage(tmp_path, capsys):

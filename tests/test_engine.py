@@ -4,15 +4,11 @@ import torch
 import transformers
 
 import minigrm
-from factories import hf_model, save_hf
-from minigrm import kernels
+from factories import PROMPTS, assert_triton_equals_torch, engine, hf_model, save_hf
 from minigrm.engine import Engine, teacher_forced_logprobs
 from minigrm.sampling import SamplingParams
 
 FAMILIES = ["llama", "llama3", "qwen2", "qwen3", "gemma2"]
-# Two prompts share a 8-token prefix (two full blocks of 4); the second is longer than
-# gemma2's sliding window (7), the third is short.
-PROMPTS = [[5, 17, 33, 8, 61, 7, 9, 11, 3, 4], [5, 17, 33, 8, 61, 7, 9, 11, 80, 81, 82, 83, 84], [40, 41]]
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
 
@@ -26,14 +22,6 @@ def tiny(request, tmp_path_factory):
 def hf_greedy(hf, prompt, n):
     out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
     return out[0, len(prompt):].tolist()
-
-
-def engine(model, cascade: bool = True, **kw):
-    e = Engine(model, None, **{"block_size": 4, "num_blocks": 64, "progress": False, **kw})
-    # CPU decode reads shared prefixes through cascade attention only above a length; the tests'
-    # prompts are short, so force it on (or off) to pin both paths
-    e.runner.cascade_min_tokens = 0 if cascade else 10**9
-    return e
 
 
 def test_greedy_equals_transformers_generate(tiny):
@@ -100,21 +88,6 @@ def test_engine_on_triton_kernels_equals_torch_path(family, tmp_path):
     """The whole engine with every kernel forced (interpreted on CPU) gives the torch path's
     tokens: RMSNorm (Gemma's 1 + w, Qwen3's q/k norms), KV store, paged attention, sampler."""
     assert_triton_equals_torch(minigrm.load_model(save_hf(hf_model(family), tmp_path)))
-
-
-def assert_triton_equals_torch(model):
-    """Sample with every kernel forced (interpreted on CPU) and with the torch twins: same tokens."""
-    params = SamplingParams(n=2, temperature=0.8, top_p=0.95, max_tokens=6, ignore_eos=True, seed=1)
-    ref = engine(model).generate(PROMPTS, params)
-    kernels.set_backend("triton")
-    try:
-        out = engine(model).generate(PROMPTS, params)
-    finally:
-        kernels.set_backend("auto")
-    for g_ref, g_out in zip(ref, out):
-        for a, b in zip(g_ref, g_out):
-            assert a.token_ids == b.token_ids
-            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
 
 # --- the real SmolLM2 --------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Metrics: ROC-AUC vs a brute-force pair count, RewardBench section weighting, summaries."""
+"""Metrics: ROC-AUC vs a brute-force pair count; summaries with bootstrap intervals."""
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigrm.evaluate import (REWARDBENCH_COUNTS, REWARDBENCH_SECTIONS, accuracy, best_of_n_accuracy,
-                              rewardbench_sections, roc_auc, summarize)
+import math
+
+from minigrm.evaluate import LOWEST, roc_auc, summarize
 
 
 def brute_force_auc(scores, labels):
@@ -31,74 +32,63 @@ def test_roc_auc_known_values():
     assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # the sklearn docs example
     with pytest.raises(ValueError):
         roc_auc([1, 2], [0, 2])
-    with pytest.raises(ValueError, match="None"):
-        roc_auc([1, None], [0, 1])
+    with pytest.raises(ValueError, match="lowest score"):
+        roc_auc([1, float("nan")], [0, 1])
+    assert roc_auc([LOWEST, 2, 3], [1, 0, 1]) == 0.5  # an invalid positive ranks below everything
 
 
-def test_accuracy_and_best_of_n():
-    assert accuracy([True, False, True, True]) == 0.75
-    assert accuracy([]) is None
-    summed = [[10, 30, 20], [40, 40, 1], None, [5, 9, 9]]
-    truths = [[0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 0, 1]]
-    assert best_of_n_accuracy(summed, truths, tie_break="strict") == 0.25
-    random_rule = best_of_n_accuracy(summed, truths, tie_break="random", seed=1)
-    assert random_rule in (0.25, 0.5, 0.75)  # the two tied items can go either way; None never counts
-    assert random_rule == best_of_n_accuracy(summed, truths, tie_break="random", seed=1)
-    with pytest.raises(ValueError):
-        best_of_n_accuracy(summed, truths, tie_break="coin")
+def pair(correct, subset=None, strict=None, credit=None, **kw):
+    return {"subset": subset, "correct": correct, "correct_strict": correct if strict is None else strict,
+            "credit": float(correct) if credit is None else credit, "n_responses": 2, "n_samples": 1, **kw}
 
 
-def test_sections_cover_all_23_official_subsets():
-    subsets = [s for ss in REWARDBENCH_SECTIONS.values() for s in ss]
-    assert len(subsets) == len(set(subsets)) == 23 == len(REWARDBENCH_COUNTS)
-    assert set(subsets) == set(REWARDBENCH_COUNTS)
-    assert REWARDBENCH_COUNTS["math-prm"] == sum(REWARDBENCH_COUNTS[f"hep-{x}"]
-                                                 for x in ("cpp", "go", "java", "js", "python", "rust"))
+def test_summarize_pools_items_and_reports_subsets_with_intervals():
+    records = ([pair(True, "a", n_samples=8, n_invalid=1)] * 3 + [pair(False, "a", n_samples=8)]
+               + [pair(True, "b", strict=False, credit=0.5, n_samples=8, n_invalid=4, n_truncated=2)] * 2)
+    out = summarize(records, n_boot=200)
+    assert out["accuracy"]["value"] == pytest.approx(5 / 6) and out["accuracy"]["n"] == 6
+    assert out["accuracy_strict"]["value"] == pytest.approx(3 / 6)
+    assert out["accuracy_rb"]["value"] == pytest.approx(4 / 6)
+    assert out["invalid_rate"] == pytest.approx(11 / 48) and out["truncated_rate"] == pytest.approx(4 / 48)
+    assert out["subsets"]["a"]["accuracy"]["value"] == 0.75 and out["subsets"]["b"]["accuracy_strict"]["value"] == 0
+    assert out["chance"] == 0.5 and out["benchmarks"] == {} and "overall" not in out
+    for name in ("accuracy", "accuracy_strict", "accuracy_rb"):
+        e = out[name]
+        assert e["lo"] <= e["value"] <= e["hi"]
+    # resampling stays within each subset: b is always right, so its interval is a point
+    assert out["subsets"]["b"]["accuracy"]["lo"] == out["subsets"]["b"]["accuracy"]["hi"] == 1.0
+    assert summarize(records, n_boot=200) == out  # seeded: the same numbers every run
 
 
-def test_section_weighting_on_a_constructed_example():
-    acc = {s: 1.0 for s in REWARDBENCH_SECTIONS["Chat"]}
-    acc["mt-bench-easy"] = 0.0                          # 28 of the 358 Chat prompts
-    acc.update({s: 0.5 for s in REWARDBENCH_SECTIONS["Chat Hard"]})
-    acc.update({s: 1.0 for s in REWARDBENCH_SECTIONS["Safety"]})
-    acc.update({s: 0.0 for s in REWARDBENCH_SECTIONS["Reasoning"]})
-    acc["math-prm"] = 1.0
-    official = rewardbench_sections(acc)
-    assert official["Chat"] == pytest.approx(330 / 358)
-    assert official["Chat Hard"] == pytest.approx(0.5)
-    assert official["Safety"] == 1.0
-    assert official["Reasoning"] == pytest.approx(0.5)  # math-prm (984) weighs as much as hep-* (6 x 164)
-    assert official["Score"] == pytest.approx((330 / 358 + 0.5 + 1.0 + 0.5) / 4)
-    counts = dict(REWARDBENCH_COUNTS, **{"math-prm": 447})  # the prompts really evaluated
-    by_prompts = rewardbench_sections(acc, counts, weighting="prompts")
-    assert by_prompts["Reasoning"] == pytest.approx(447 / (447 + 984))
-    assert by_prompts["Chat"] == official["Chat"]
-    partial = rewardbench_sections({"alpacaeval-easy": 0.9, "hep-go": 0.4, "not-a-subset": 0.0})
-    assert partial == pytest.approx({"Chat": 0.9, "Reasoning": 0.4})  # no "Score" without all four
-    with pytest.raises(ValueError):
-        rewardbench_sections(acc, weighting="prompts")
+@pytest.mark.parametrize("n, p", [(400, 0.5), (1000, 0.7)])
+def test_bootstrap_interval_matches_the_binomial_width(n, p):
+    records = [pair(i < round(p * n)) for i in range(n)]
+    e = summarize(records, n_boot=2000, seed=1)["accuracy"]
+    half = 1.96 * math.sqrt(p * (1 - p) / n)  # the normal approximation, accurate at these n
+    assert e["value"] == pytest.approx(p)
+    assert e["hi"] - e["lo"] == pytest.approx(2 * half, rel=0.12)
+    assert e["lo"] < p < e["hi"]
 
 
-def test_summarize_records():
-    records = (
-        [{"subset": "alpacaeval-easy", "correct": True, "correct_strict": True, "n_samples": 8, "n_invalid": 1}] * 3
-        + [{"subset": "alpacaeval-easy", "correct": False, "correct_strict": False, "n_samples": 8}]
-        + [{"subset": "hep-go", "correct": True, "correct_strict": False, "n_samples": 8, "n_invalid": 4}] * 2
-    )
-    out = summarize(records)
-    assert out["n"] == 6 and out["accuracy"] == pytest.approx(5 / 6)
-    assert out["accuracy_strict"] == pytest.approx(3 / 6)
-    assert out["n_invalid"] == 11 and out["invalid_rate"] == pytest.approx(11 / 48)
-    assert out["subsets"]["alpacaeval-easy"]["accuracy"] == 0.75
-    assert out["subsets"]["hep-go"] == {"n": 2, "accuracy": 1.0, "n_invalid": 8, "invalid_rate": 0.5,
-                                        "accuracy_strict": 0.0}
-    assert out["rewardbench"] == {"Chat": 0.75, "Reasoning": 1.0}
-
-
-def test_summarize_single_responses_gives_roc_auc():
+def test_single_responses_give_roc_auc_and_invalid_items_rank_lowest():
     records = [{"score": 9, "label": 1}, {"score": 3, "label": 0}, {"score": 6, "label": 1},
                {"score": 6, "label": 0}, {"score": None, "label": 1, "n_invalid": 1}]
-    out = summarize(records)
-    assert out["roc_auc"] == pytest.approx(brute_force_auc([9, 3, 6, 6], [1, 0, 1, 0]))
-    assert out["n_invalid"] == 1 and out["accuracy"] is None
-    assert "rewardbench" not in out and list(out["subsets"]) == ["all"]
+    out = summarize(records, n_boot=100)
+    # the invalid positive is counted, below every valid score: 4 of its... pairs are lost
+    assert out["roc_auc"]["value"] == pytest.approx(brute_force_auc([9, 3, 6, 6, -1], [1, 0, 1, 0, 1]))
+    assert out["roc_auc"]["n"] == 5 and out["accuracy"] is None
+    assert list(out["subsets"]) == ["all"]
+    # dropping invalid items instead would have rewarded the judge for failing on a hard one
+    assert out["roc_auc"]["value"] < brute_force_auc([9, 3, 6, 6], [1, 0, 1, 0])
+
+
+def test_benchmarks_and_overall():
+    rb = [pair(True, "alpacaeval-easy", benchmark="RewardBench")] * 2 + [pair(False, "hep-go", benchmark="RewardBench")]
+    rmb = ([pair(True, "Help-Pair", benchmark="RMB")] * 3 + [pair(False, "Help-Pair", benchmark="RMB")]
+           + [pair(False, "Harm-BoN", benchmark="RMB")] * 2)
+    out = summarize(rb + rmb, n_boot=100)
+    assert out["benchmarks"]["RewardBench"]["value"] == pytest.approx((1.0 + 0.0) / 2)  # mean of 2 sections
+    assert out["benchmarks"]["RewardBench"]["sections"] == {"Chat": 1.0, "Reasoning": 0.0}
+    assert not out["benchmarks"]["RewardBench"]["complete"]
+    assert out["benchmarks"]["RMB"]["value"] == pytest.approx((0.75 + 0.0) / 2)  # plain mean, not pooled 3/6
+    assert out["overall"]["value"] == pytest.approx((0.5 + 0.375) / 2)

@@ -69,3 +69,20 @@ def test_moved_weights_fall_back_to_separate_matmuls(model):
     ids = torch.randint(3, VOCAB, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(m(ids).float(), model(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_lora_layers_are_never_fused(model):
+    """A LoRA layer keeps the fused base weight but adds B A in its own forward: the fused matmul
+    would drop that update, so fused_linear must call the layers (no-grad output = grad output)."""
+    import copy
+    from minigrm import lora
+    m = copy.deepcopy(model)
+    fuse_projections(m)
+    lora.add_lora(m, r=2, alpha=4, seed=0)
+    for _, layer in lora.lora_layers(m):
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    ids = torch.randint(0, VOCAB, (1, 7))
+    with torch.no_grad():
+        fast = m(ids)
+    slow = m(ids)
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)

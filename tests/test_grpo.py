@@ -118,3 +118,20 @@ def test_on_policy_gradient_is_the_policy_gradient():
     expected = torch.where(mask, -adv[:, None] / lengths / B, torch.zeros(()))
     torch.testing.assert_close(g, expected)
     assert stats["ratio"] == pytest.approx(1.0) and stats["clip_frac"] == 0.0
+
+
+def test_one_pass_old_logprobs_can_be_the_current_ones_detached():
+    """train_rl.py with one pass per batch skips the old-policy forward: old = logp.detach().
+    Same loss and gradient as old log-probs from a separate no-grad forward of the same weights."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 9, requires_grad=True)
+    feats, mask = torch.randn(4, 6), torch.rand(4, 9) > 0.2
+    ref, adv = torch.randn(4, 9), torch.randn(4)
+    logp = torch.log_softmax(feats @ w, dim=-1)  # stand-in for per-token log-probs (B, T)
+    with torch.no_grad():
+        separate = torch.log_softmax(feats @ w, dim=-1)
+    a, _ = grpo_loss(logp, logp.detach(), ref, adv, mask, 0.2, 0.08)
+    (ga,) = torch.autograd.grad(a, w, retain_graph=True)
+    b, _ = grpo_loss(logp, separate, ref, adv, mask, 0.2, 0.08)
+    (gb,) = torch.autograd.grad(b, w)
+    assert torch.equal(a, b) and torch.equal(ga, gb)

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import transformers
 import infer_scale
 import minigrm
 from minigrm.data import load_items, read_jsonl
+from minigrm.judgments import settings_rows
 from minigrm.meta_rm import load_meta_rm
 
 ITEMS = [
@@ -62,7 +62,11 @@ def test_end_to_end_with_meta_rm_and_resume(smollm2_path, meta_rm_path, data, tm
     assert len(list(read_jsonl(out / "meta.jsonl"))) == 3 * 2
     rows = json.loads((out / "results.json").read_text())
     assert [r["setting"] for r in rows] == ["Greedy", "Voting@1", "Voting@2", "MetaRM@2"]
-    assert (out / "results.csv").read_text().startswith("setting,")
+    assert (out / "results.csv").read_text().startswith("setting,k,scope,metric,value,lo,hi,n")
+    assert rows[0]["accuracy"]["n"] == 2 and "roc_auc" not in rows[0]  # one single: no AUC
+    assert rows[0]["benchmarks"]["RewardBench"]["sections"].keys() == {"Reasoning"}
+    rb = json.loads((out / "rewardbench" / "Voting_at_2.json").read_text())
+    assert rb["model_type"] == "Generative RM" and set(rb) >= {"model", "math-prm"}
 
     # An interrupted run: the last judgments never reached the disk. Rerunning samples exactly
     # those again, with the same seeds, so they come back identical.
@@ -87,28 +91,23 @@ def test_meta_rm_equals_transformers_sequence_classifier(meta_rm_path):
     assert max(abs(a - b) for a, b in zip(got, ref)) < 1e-4
 
 
-def make_args(**kw):
-    return Namespace(**{"k_max": 4, "k_meta": 0.5, "seed": 0, **kw})
-
-
 def test_voting_and_meta_rm_on_constructed_judgments(tmp_path):
-    """A judge right on half its samples: voting is a coin toss on ties, the meta RM (which
-    knows which judgments are right) makes MetaRM@k always correct."""
+    """A judge right on half its samples: voting ties, the meta RM (which knows which judgments
+    are right) makes MetaRM@k always correct."""
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
     items = load_items(path)
-    judgments, metas = [{"item": "1", "sample": "greedy", "order": [0, 1], "scores": [3, 7]}], []
+    rec = lambda sample, scores: {"item": "1", "sample": sample, "scores": scores, "finish_reason": "stop"}  # noqa: E731
+    judgments, metas = [rec("greedy", [3, 7])], []
     for j in range(4):
         right = j % 2 == 1
-        order = [1, 0] if j >= 2 else [0, 1]
-        shown = [8, 2] if right else [2, 8]  # as shown: order[0] gets shown[0]
-        scores_orig = [shown[order.index(0)], shown[order.index(1)]]
-        judgments.append({"item": "1", "sample": j, "order": order, "scores": shown})
-        metas.append({"item": "1", "sample": j, "meta": 5.0 if scores_orig[0] > scores_orig[1] else -5.0})
-    rows = {r["setting"]: r for r in infer_scale.evaluate(items, judgments, metas, make_args())}
-    assert rows["Greedy"]["accuracy"] == 0.0
-    assert rows["MetaRM@2"]["accuracy"] == 1.0 and rows["MetaRM@4"]["accuracy"] == 1.0
-    assert rows["Voting@4"]["accuracy_strict"] == 0.0  # 2 right + 2 wrong: a tie
+        judgments.append(rec(j, [8, 2] if right else [2, 8]))  # original order: chosen first
+        metas.append({"item": "1", "sample": j, "meta": 5.0 if right else -5.0})
+    rows = {r["setting"]: r for r in settings_rows(items, judgments, metas, k_max=4, seed=0, n_boot=20)}
+    assert rows["Greedy"]["accuracy"]["value"] == 0.0
+    assert rows["MetaRM@2"]["accuracy"]["value"] == 1.0 and rows["MetaRM@4"]["accuracy"]["value"] == 1.0
+    assert rows["Voting@4"]["accuracy_strict"]["value"] == 0.0  # 2 right + 2 wrong: a tie
+    assert rows["Voting@4"]["accuracy_rb"]["value"] == 0.5
 
 
 @pytest.mark.slow

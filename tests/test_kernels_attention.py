@@ -15,8 +15,8 @@ from minigrm.kernels.paged_attention import (  # noqa: E402
     gather_kv, paged_decode_attention, paged_decode_attention_ref)
 from minigrm.kernels.rmsnorm import rms_norm, rms_norm_ref  # noqa: E402
 from minigrm.kernels.rope import apply_rope, apply_rope_ref  # noqa: E402
-from minigrm.model import RMSNorm, RotaryEmbedding, apply_rope as model_apply_rope  # noqa: E402
-from minigrm.model import causal_attention  # noqa: E402
+from minigrm.layers import RMSNorm, RotaryEmbedding, apply_rope as model_apply_rope  # noqa: E402
+from minigrm.layers import causal_attention  # noqa: E402
 
 FP32 = dict(atol=1e-5, rtol=1e-5)
 ATTN32 = dict(atol=2e-5, rtol=2e-5)

@@ -1,4 +1,6 @@
 """Prompts: the default GRM prompt byte for byte (GRM_SPEC §1) and its variants."""
+from pathlib import Path
+
 import pytest
 
 from minigrm import prompts
@@ -110,17 +112,98 @@ def test_bad_responses_get_a_clear_error(responses):
         prompts.grm_prompt("q", responses)
 
 
-def test_single_response_training_prompt():
-    text = prompts.single_response_prompt("Solve x+1=2.", "x=1")
-    assert "The score is 0 or 1, with 1 indicating that the response is correct.\n" in text
-    assert "Each score is an integer between 1 and 10" not in text
-    assert "[The Begin of Response]\nx=1\n[The End of Response]\n" in text
-    assert "Response 1" not in text
-    for name in ("1. Instruction Adherence:", "2. Clarity:", "3. Accuracy:"):
-        assert name in text
-    assert "points)" not in text  # no point ranges
-    assert text.endswith(r"e.g., \boxed{x}>.")
-    assert text.startswith(prompts.PREAMBLE)
+# GRM_SPEC §1 "Single response, training", with the placeholders filled in.
+EXPECTED_SINGLE = r"""You are a skilled little expert at scoring responses. You should evaluate given responses based on the given judging criteria.
+Given the context of the conversation (the last round is the User’s query) and multiple responses from the Assistant, you need to refer to the [General Evaluation Criteria] to score the responses. Based on the general evaluation criteria, state potential other specific criteria to the query, the weights of different criteria, and then provide an overall comprehensive score upon them. The score is 0 or 1, with 1 indicating that the response is correct.
+Before scoring, please analyze step by step. Your scoring needs to be as strict as possible.
+
+#### Evaluation Criteria ####
+1. Instruction Adherence:
+ - Fully Adhered: The response fully complies with all instructions and requirements of the question.
+ - Partially Adhered: The response meets most of the instructions but has some omissions or misunderstandings.
+ - Basically Adhered: The response meets some instructions, but the main requirements are not fulfilled.
+ - Not Adhered: The response does not meet any instructions.
+ Example: If the question requires three examples and the response provides only one, it falls under “Partially Adhered.”
+2. Clarity:
+ - Very Clear: The response is fluent, well-structured, and logically clear.
+ - Clear but Minor Issues: The response is mostly clear but has some minor language or structural issues.
+ - Basically Clear: The response has noticeable language or logic issues but is still understandable.
+ - Not Clear: The response is disjointed, illogical, and hard to understand.
+ Example: If the response has complex sentence structures and lacks punctuation, it falls under “Basically Clear” or “Not Clear.”
+3. Accuracy:
+ - Completely Accurate: All information and data are completely accurate.
+ - Mostly Accurate: Most information is accurate, with minor errors.
+ - Some Errors: There are some noticeable errors affecting comprehension.
+ - Mostly Incorrect: There are numerous errors seriously affecting the credibility of the information.
+ Example: If a specific data point is incorrectly cited but doesn’t affect the overall conclusion, it falls under “Mostly Accurate.”
+
+#### Conversation Context ####
+Solve x+1=2.
+
+#### Responses to be Scored ####
+[The Begin of Response]
+x=1
+[The End of Response]
+
+#### Output Format Requirements ####
+Output with three lines
+Specific Criteria: <Other potential criteria specific to the query and the context, and the weights of each criteria>.
+Analysis: <Compare different responses based on given Criteria>.
+Scores: <the overall comprehensive score of the response, e.g., \boxed{x}>."""
+
+# GRM_SPEC §1 "Meta RM input": no blank lines, ends with the newline after the last block.
+EXPECTED_META = ("Please score the responses.\n#### Conversation Context ####\nWhat is 2+2?\n"
+                 "#### Responses to be Scored ####\n[The Begin of Response 1]\n4\n[The End of Response 1]\n"
+                 "[The Begin of Response 2]\nfive\n[The End of Response 2]\n")
+
+
+def test_single_response_training_prompt_matches_the_paper_byte_for_byte():
+    assert prompts.single_response_prompt("Solve x+1=2.", "x=1") == EXPECTED_SINGLE
+
+
+def test_meta_rm_prompt_matches_the_paper_byte_for_byte():
+    assert prompts.meta_rm_prompt("What is 2+2?", ["4", "five"]) == EXPECTED_META
+
+
+def test_judge_prompt_follows_the_papers_description():
+    """GRM_SPEC §1 describes the LLM-as-a-judge text as edits of the default prompt; apply those
+    edits to the (byte-exact) default prompt and compare."""
+    default = prompts.grm_prompt("What is 2+2?", ["4", "five"])
+    expected = default.replace("and then provide an overall comprehensive score upon them.",
+                               "and then select the best response among all candidates.")
+    expected = expected.replace(prompts.SCORE_SENTENCE, "")
+    expected = expected.replace(prompts.STRICT, "Before judging, please analyze step by step. Your judgement "
+                                                "needs to be as strict as possible.\n")
+    for levels in ("9-10", "6-8", "3-5", "1-2"):
+        expected = expected.replace(f" ({levels} points)", "")
+    expected = expected.replace(prompts.SCORES_LINE, "Scores: <the index of the best response based on the "
+                                                     r"judgement, in the format of \boxed{x}>.")
+    assert prompts.judge_prompt("What is 2+2?", ["4", "five"]) == expected
+    assert "to score the responses." in expected  # the paper keeps this phrase earlier on
+    assert "judgment" not in expected  # the paper spells it "judgement" here
+
+
+def _spec_blocks():
+    """The fenced code blocks of GRM_SPEC.md §1 when the shared folder sits next to the checkout."""
+    for spec in (Path(__file__).resolve().parents[2] / "shared" / "GRM_SPEC.md",):
+        if spec.exists():
+            text = spec.read_text()
+            return [b.split("\n", 1)[1] for b in text.split("```")[1::2]]
+    pytest.skip("GRM_SPEC.md (../shared) is not next to this checkout")
+
+
+def test_templates_equal_the_spec_file_when_present():
+    blocks = _spec_blocks()
+    ctx, r1 = "{conversation context & query}", "{response 1}"
+    default = next(b for b in blocks if b.startswith("You are") and "Each score is an integer" in b)
+    ours = prompts.grm_prompt(ctx, [r1, "SECOND"])
+    head, tail = default.split("[The Begin of Response 2]\n...\n")
+    assert ours.startswith(head + "[The Begin of Response 2]\n")
+    assert ours.endswith(tail.rstrip("\n"))
+    single = next(b for b in blocks if "The score is 0 or 1" in b)
+    assert prompts.single_response_prompt(ctx, "{the response}") == single.rstrip("\n")
+    meta = next(b for b in blocks if b.startswith("Please score the responses."))
+    assert prompts.meta_rm_prompt(ctx, [r1]) == meta.removesuffix("...\n")
 
 
 def test_hint_is_appended_one_based_at_the_end():
@@ -144,19 +227,12 @@ def test_meta_rm_messages():
     messages = prompts.meta_rm_messages(MULTI_TURN, ["4", "5"], "Specific Criteria: ...\nScores: \\boxed{9, 2}")
     assert [m["role"] for m in messages] == ["user", "assistant"]
     user = messages[0]["content"]
-    assert user.startswith("Please score the responses.\n\n#### Conversation Context ####\nSystem: Be brief.")
-    assert user.endswith("#### Responses to be Scored ####\n[The Begin of Response 1]\n4\n[The End of Response 1]\n"
-                         "[The Begin of Response 2]\n5\n[The End of Response 2]")
-    assert "Output Format" not in user
+    assert user.startswith("Please score the responses.\n#### Conversation Context ####\nSystem: Be brief.")
+    assert "Output Format" not in user and "\n\n" not in user
     assert messages[1]["content"].endswith("\\boxed{9, 2}")
 
 
-def test_judge_prompt_asks_for_an_index():
-    text = prompts.judge_prompt("q", ["a", "b", "c"])
-    assert "to select the best response." in text and "select the best response upon them." in text
-    assert "Each score is an integer" not in text
-    assert text.endswith(r"Scores: <the index of the best response based on the above criteria, in the format of \boxed{x}>.")
-    # its answer is parsed as one integer in 1..n
+def test_judge_answer_is_one_index():
     assert parse_judgment("Analysis: 2 wins.\nScores: \\boxed{2}", 1, lo=1, hi=3).scores == [2]
 
 

@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 
 from minigrm.config import ModelConfig
 from minigrm.model import CausalLM
-from minigrm.rft import (Rejection, length_grouped, reject_hinted, reject_non_hinted, sft_batches,
-                         sft_example, sft_loss)
+from minigrm.batching import length_grouped
+from minigrm.rft import Rejection, reject_non_hinted, select, sft_batches, sft_example, sft_loss
+from minigrm.training import LogprobForward
 
 
 def test_non_hinted_rejection():
@@ -20,9 +21,21 @@ def test_non_hinted_rejection():
     assert reject_non_hinted([]) == Rejection([], False)
 
 
-def test_hinted_rejection():
-    assert reject_hinted(True) is True
-    assert reject_hinted(False) is False
+def rec(item, sample, correct, hinted=False, valid=True):
+    return {"item": item, "sample": sample, "hinted": hinted, "correct": correct, "valid": valid}
+
+
+def test_rejection_accounting_on_constructed_trajectories():
+    records = [rec("a", 0, True), rec("a", 1, True), rec("a", 2, True), rec("a", 3, True, hinted=True),  # too easy
+               rec("b", 0, False, valid=False), rec("b", 1, True), rec("b", 2, False),
+               rec("b", 3, False, hinted=True),
+               rec("c", 0, False, valid=False), rec("c", 1, False), rec("c", 2, False)]
+    accepted, stats = select(records)
+    # a: its non-hinted samples are dropped with the item, its correct hinted one is kept
+    assert sorted((r["item"], r["sample"]) for r in accepted) == [("a", 3), ("b", 1)]
+    assert stats["too_easy_rate"] == pytest.approx(1 / 3) and stats["items"] == 3
+    assert stats["acceptance_rate"] == pytest.approx(2 / 11) and stats["invalid_rate"] == pytest.approx(2 / 11)
+    assert stats["hinted_acceptance_rate"] == 0.5 and stats["non_hinted_correct_rate"] == pytest.approx(4 / 9)
 
 
 def test_loss_mask_covers_only_output_tokens():
@@ -85,7 +98,7 @@ def test_sft_loss_equals_naive_cross_entropy_on_outputs():
     rand = lambda n: torch.randint(1, 64, (n,), generator=g).tolist()  # noqa: E731
     examples = [sft_example(rand(5), rand(4)), sft_example(rand(3), rand(7)), sft_example(rand(8), rand(1))]
     [(input_ids, loss_mask)] = sft_batches(examples, max_tokens_per_batch=100, pad_id=0)
-    loss = sft_loss(model, input_ids, loss_mask, chunk_size=3)
+    loss = sft_loss(LogprobForward(model, chunk_size=3), (input_ids, loss_mask))
     # naive: one example at a time, full logits, cross-entropy over the output tokens only
     nll, count = 0.0, 0
     for prompt_and_output, mask in examples:

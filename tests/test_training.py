@@ -1,9 +1,6 @@
 """minigrm.training: the log-prob forward, atomic checkpoints that transformers and minigrm
-load, optimizer/RNG resume, metric reduction and the Ctrl-C guard. Also home of the tiny
-real-tokenizer model that test_train_rl.py and test_train_rft.py build on."""
-import json
+load, optimizer/RNG resume, metric reduction and the Ctrl-C guard."""
 import os
-import shutil
 import signal
 
 import pytest
@@ -11,50 +8,12 @@ import torch
 import transformers
 
 import minigrm
-from minigrm import training
+from minigrm import logprob, resume, training
 from minigrm.distributed import Dist
 from minigrm.logprob import sequence_logprobs
 from minigrm.optim import make_optimizer
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-ITEMS = [
-    {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "2 + 3 = 6."},
-    {"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."},
-    {"prompt": [{"role": "user", "content": "Pick a colour."}], "responses": ["red", "dog", "7"], "best": 0},
-    {"prompt": "Is water wet?", "response": "Yes.", "label": 1},
-]
-
-
-def make_tiny_model(smollm2_path, path, seed: int = 0):
-    """A tiny random Llama (tied head) with SmolLM2's real tokenizer and chat template."""
-    path.mkdir(parents=True, exist_ok=True)
-    for f in TOKENIZER_FILES:
-        shutil.copy(smollm2_path / f, path / f)
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
-def write_items(path, items=ITEMS):
-    path.write_text("".join(json.dumps(it) + "\n" for it in items))
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model(smollm2_path, tmp_path_factory):
-    return make_tiny_model(smollm2_path, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two busy cores run these tiny models far faster on one thread than on two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_logprob_forward_equals_sequence_logprobs(tiny_model):
@@ -79,9 +38,9 @@ def test_checkpoint_loads_everywhere_and_restores_optimizer(tiny_model, tmp_path
     opt.step()
     torch.manual_seed(123)
     for step in (1, 2, 3):
-        path = training.save_checkpoint(tmp_path, step, model, policy, opt, d, tiny_model, {"pos": step},
+        path = resume.save_checkpoint(tmp_path, step, model, policy, opt, d, tiny_model, {"pos": step},
                                         keep_last=2)
-    assert path == tmp_path / "checkpoint-3" and training.latest_checkpoint(tmp_path) == path
+    assert path == tmp_path / "checkpoint-3" and resume.latest_checkpoint(tmp_path) == path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3", "latest"]  # no tmp left
     assert (tmp_path / "latest").read_text().strip() == "checkpoint-3"
 
@@ -97,15 +56,49 @@ def test_checkpoint_loads_everywhere_and_restores_optimizer(tiny_model, tmp_path
     # the optimizer state and the RNG come back exactly
     expected_rand = torch.rand(3)
     opt2 = make_optimizer(training.LogprobForward(again), 1e-3)
-    state = training.load_checkpoint(path, training.LogprobForward(again), opt2, d)
+    state = resume.load_checkpoint(path, training.LogprobForward(again), opt2, d)
     assert state["step"] == 3 and state["extra"] == {"pos": 3}
     assert torch.equal(torch.rand(3), expected_rand)
     for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
-    assert training.resolve_resume("latest", tmp_path) == path
-    assert training.resolve_resume(None, tmp_path) is None
+    assert resume.resolve_resume("latest", tmp_path) == path
+    assert resume.resolve_resume(None, tmp_path) is None
     with pytest.raises(FileNotFoundError, match="trainer_state"):
-        training.resolve_resume(str(tmp_path), tmp_path)
+        resume.resolve_resume(str(tmp_path), tmp_path)
+
+    # keep-last rotates only this run's checkpoints: a later step left by an older run stays,
+    # and the checkpoint just saved is never the one deleted
+    (tmp_path / "checkpoint-100").mkdir()
+    path = resume.save_checkpoint(tmp_path, 4, model, policy, opt, d, tiny_model, {}, keep_last=1)
+    assert path.exists() and (tmp_path / "checkpoint-100").exists() and not (tmp_path / "checkpoint-3").exists()
+    assert resume.latest_checkpoint(tmp_path) == path
+    # a pointer to a missing folder, or to anything but a checkpoint of this folder, is an error
+    for name in ("checkpoint-7", "../elsewhere", str(tmp_path / "checkpoint-4"), "checkpoint-4/../../x"):
+        (tmp_path / "latest").write_text(name + "\n")
+        with pytest.raises((FileNotFoundError, ValueError)):
+            resume.resolve_resume("latest", tmp_path)
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tiny_model, tmp_path):
+    """Checkpoints are read with weights_only=True: a pickle that would run code is refused."""
+    d = Dist()
+    model = minigrm.load_model(tiny_model).train()
+    policy = training.LogprobForward(model)
+    opt = make_optimizer(policy, 1e-3)
+    path = resume.save_checkpoint(tmp_path, 1, model, policy, opt, d, tiny_model, {})
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    for name in ("optimizer.pt", "rng-rank0.pt"):
+        good = (path / name).read_bytes()
+        torch.save({"state": Evil()}, path / name)
+        with pytest.raises(Exception):
+            resume.load_checkpoint(path, policy, make_optimizer(policy, 1e-3), d)
+        assert not marker.exists()
+        (path / name).write_bytes(good)
+    assert resume.load_checkpoint(path, policy, make_optimizer(policy, 1e-3), d)["step"] == 1
 
 
 def test_reduce_metrics_divides_sums_by_counts():
@@ -113,16 +106,19 @@ def test_reduce_metrics_divides_sums_by_counts():
     assert m == {"a": 2.0, "b": 0.0}
 
 
-def test_interrupt_guard_defers_the_first_ctrl_c():
-    before = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_guard_defers_the_first_ctrl_c_or_sigterm(sig, code):
+    before = signal.getsignal(sig)
     with training.interrupt_guard() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
+        assert training.exit_code(stop) == 0
+        os.kill(os.getpid(), sig)
         assert stop["requested"] and training.stop_requested(Dist(), stop)
+        assert training.exit_code(stop) == code
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+            os.kill(os.getpid(), sig)
+    assert signal.getsignal(sig) is before
 
 
 def test_autocast_is_a_no_op_on_cpu():
-    with training.autocast("cpu"):
+    with logprob.autocast("cpu"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minigrm.voting import (VoteResult, meta_rm_filter, permute, predict_best, shuffled_order,
+from minigrm.voting import (VoteResult, k_meta_for, meta_rm_filter, permute, predict_best, shuffled_order,
                             strict_best, unshuffle, vote, voting_at_k)
 
 
@@ -72,27 +72,49 @@ def test_meta_rm_filter():
         meta_rm_filter(judgments, meta, k_meta=0)
 
 
+def test_k_meta_is_half_of_k_rounded_down():
+    assert [k_meta_for(k) for k in (1, 2, 3, 4, 7, 8, 32)] == [1, 1, 1, 2, 3, 4, 16]
+
+
 def test_meta_rm_guided_voting_drops_bad_judgments():
     truth = [0, 1]
-    good, bad = ([2, 9], [0, 1]), ([9, 1], [0, 1])
-    samples = [bad, bad, bad, good, good]
+    good, bad = [2, 9], [9, 1]  # scores in the original order
+    judgments = [bad, bad, bad, good, good]
     meta = [-1.0, -2.0, -1.5, 2.0, 3.0]
-    plain = voting_at_k(samples, truth)
-    guided = voting_at_k(samples, truth, meta_rewards=meta, k_meta=2)
+    plain = voting_at_k(judgments, truth)
+    guided = voting_at_k(judgments, truth, meta_rewards=meta, k_meta=2)
     assert plain.summed == [31, 21] and not plain.correct
-    assert guided == VoteResult([4, 18], 2, 0, True, True)
+    assert guided == VoteResult([4, 18], 2, 0, True, True, 1.0, None)
 
 
-def test_voting_at_k_counts_invalid_and_reports_both_tie_rules():
+def test_voting_at_k_counts_invalid_and_reports_every_tie_rule():
     truth = [1, 0]
-    r = voting_at_k([([7, 7], [0, 1]), (None, [1, 0]), ([5, 5], [1, 0])], truth, rng_seed=3)
+    r = voting_at_k([[7, 7], None, [5, 5]], truth, rng_seed=3)
     assert r.summed == [12, 12] and r.n_valid == 2 and r.n_invalid == 1
-    assert r.correct_strict is False
+    assert r.correct_strict is False and r.credit == 0.5
     assert r.correct == (predict_best([12, 12], 3) == 0)
-    none = voting_at_k([(None, [0, 1])] * 3, truth)
+    none = voting_at_k([None] * 3, truth)
     assert none.summed is None and not none.correct and not none.correct_strict and none.n_invalid == 3
+    assert none.credit == 0.5  # RewardBench: no valid judgment counts as a tie
+    assert voting_at_k([[3, 3, 9]], [1, 0, 0]).credit == 0.0
+    assert voting_at_k([[9, 9, 2]], [1, 0, 0]).credit == 0.5
+    assert voting_at_k([None], [1, 0, 0]).credit == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
-        voting_at_k([([1], [0])], [1])
+        voting_at_k([], truth)
+
+
+def test_single_responses_vote_to_a_mean_over_valid_judgments():
+    # two invalid judgments must not make an item look worse than one with fewer valid votes
+    a = voting_at_k([[8], None, None, [6]], [1])
+    b = voting_at_k([[5], [5], [5], [5]], [0])
+    assert a.mean == 7.0 and b.mean == 5.0 and a.mean > b.mean
+    assert a.summed == [14] and a.correct is None
+    assert voting_at_k([None, None], [1]).mean is None
+
+
+def test_several_correct_responses_only_vote():
+    r = voting_at_k([[8, 9, 2], [9, 9, 1]], [1, 1, 0])
+    assert r.summed == [17, 18, 3] and r.correct is None and r.credit is None
 
 
 # --- simulated judges ---------------------------------------------------------------------
@@ -113,7 +135,7 @@ def run(judge, items, k, shuffle):
         samples = []
         for j in range(k):
             order = shuffled_order(len(responses), item_id * 1000 + j) if shuffle else list(range(len(responses)))
-            samples.append((judge(permute(responses, order)), order))
+            samples.append(unshuffle(judge(permute(responses, order)), order))
         results.append(voting_at_k(samples, truth, rng_seed=item_id))
     return results
 
@@ -151,6 +173,6 @@ def test_content_judge_is_right_under_any_shuffle(n, seed, k):
         order = shuffled_order(n, seed + s)
         shown_scores = content_judge(permute(responses, order))
         assert unshuffle(shown_scores, order) == content_judge(responses)
-        samples.append((shown_scores, order))
+        samples.append(unshuffle(shown_scores, order))
     r = voting_at_k(samples, truth, rng_seed=seed)
     assert r.correct and r.correct_strict and r.summed == [9 * k if i == j else 4 * k for i in range(n)]

@@ -21,19 +21,17 @@ interrupted run resumes stage by stage):
 """
 import argparse
 import json
-import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import infer_scale
-import train_rft
-import train_rl
-
+from .. import grm
 from ..data import load_items, read_jsonl, write_jsonl
-from ..prompts import grm_prompt, single_response_prompt
+from ..report import markdown_table
 from ..tokenizer import load_tokenizer
-from ..training import latest_checkpoint
-from ..voting import permute, shuffled_order
+from ..resume import latest_checkpoint
+from ..voting import permute
 from . import task
 from .base_model import pretrain, train_tokenizer
 
@@ -44,20 +42,30 @@ QUICK = dict(n_train=24, n_test=6, texts=600, vocab=400, pretrain_steps=4, rft_e
 
 
 def teacher_corpus(items, seed: int) -> list[dict]:
-    """Chat records {"messages": [user: GRM prompt, assistant: teacher judgment]}, responses
-    shuffled; a single also gets the 0/1 prompt that training uses for singles."""
-    rng = random.Random(seed)
-    chat = lambda user, assistant: {"messages": [{"role": "user", "content": user},  # noqa: E731
-                                                 {"role": "assistant", "content": assistant}]}
+    """Chat records {"messages": [user: GRM prompt, assistant: teacher judgment]}, responses in
+    grm.order; a single also gets the 0/1 prompt that training uses for singles."""
     out = []
     for it in items:
-        order = shuffled_order(len(it.responses), rng.randrange(2**31))
+        order = grm.order(it, "teacher", seed)
         shown = permute(it.responses, order)
-        out.append(chat(grm_prompt(it.prompt, shown), task.teacher_judgment(it.prompt, shown)))
+        out.append({"messages": grm.messages(it, order) + [
+            {"role": "assistant", "content": task.teacher_judgment(it.prompt, shown)}]})
         if it.kind == "single":
-            out.append(chat(single_response_prompt(it.prompt, shown[0]),
-                            task.teacher_judgment_binary(it.prompt, shown[0])))
+            out.append({"messages": grm.messages(it, order, training=True) + [
+                {"role": "assistant", "content": task.teacher_judgment_binary(it.prompt, shown[0])}]})
     return out
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the three scripts
+
+
+def script(name: str, args: list[str]) -> None:
+    """Run one of the repository's scripts (train_rft.py, train_rl.py, infer_scale.py) as a user
+    would, in its own process; the library never imports them."""
+    path = ROOT / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run the demo from a checkout of the repository")
+    subprocess.run([sys.executable, str(path), *map(str, args)], check=True)
 
 
 def stage(name: str, done: Path) -> bool:
@@ -78,6 +86,7 @@ def main(argv=None):
     c = QUICK if args.quick else FULL
     out, seed = Path(args.out), str(args.seed)
     common = ["--seed", seed, "--device", "cpu"] if args.quick else ["--seed", seed]
+    common += ["--resume"]  # a stage interrupted half-way continues where it stopped
 
     train, test = out / "data" / "train.jsonl", out / "data" / "test.jsonl"
     if stage("data", test):
@@ -96,18 +105,18 @@ def main(argv=None):
     if stage("rft", out / "rft" / "latest"):
         # --quick: 4 pretraining steps cannot write the format, so the teacher corpus stands in
         sft = ["--sft-data", str(out / "teacher.jsonl")] if args.quick else []
-        train_rft.main(["--model", str(base), "--data", str(train), *sft,
+        script("train_rft.py", ["--model", str(base), "--data", str(train), *sft,
                         "--out", str(out / "rft"), "--epochs", str(c["rft_epochs"]), "--lr", c["rft_lr"],
                         "--max-tokens", str(c["max_tokens"]), *common])
     rft = latest_checkpoint(out / "rft")
     if stage("rl", out / "rl" / "latest"):
-        train_rl.main(["--model", str(rft), "--data", str(train), "--out", str(out / "rl"),
+        script("train_rl.py", ["--model", str(rft), "--data", str(train), "--out", str(out / "rl"),
                        "--steps", str(c["rl_steps"]), "--prompts-per-step", str(c["rl_prompts"]),
                        "--lr", c["rl_lr"], "--beta", "0.02", "--max-tokens", str(c["max_tokens"]),
                        "--save-every", "50", *common])
     rl = latest_checkpoint(out / "rl")
     if stage("meta_rm", out / "meta_rm" / "latest"):
-        train_rft.main(["--meta-rm", "--model", str(rft), "--sampler", str(rl), "--data", str(train),
+        script("train_rft.py", ["--meta-rm", "--model", str(rft), "--sampler", str(rl), "--data", str(train),
                         "--out", str(out / "meta_rm"), "--lr", "1e-4", "--max-tokens", str(c["max_tokens"]),
                         *common])
     meta = latest_checkpoint(out / "meta_rm")
@@ -116,17 +125,12 @@ def main(argv=None):
     for name, model, k_max, extra in [("base", base, 1, ["--no-meta-rm"]), ("rft", rft, 1, ["--no-meta-rm"]),
                                       ("rl", rl, c["k_max"], ["--meta-rm", str(meta)])]:
         eval_out = out / f"eval_{name}"
-        infer_scale.main(["--model", str(model), "--data", str(test), "--out", str(eval_out), "--k-max",
+        script("infer_scale.py", ["--model", str(model), "--data", str(test), "--out", str(eval_out), "--k-max",
                           str(k_max), "--max-tokens", str(c["max_tokens"]), "--seed", seed, "--no-progress",
                           *extra, *(["--device", "cpu"] if args.quick else [])])
         rows = json.loads((eval_out / "results.json").read_text())
         tables.append((name, rows))
-    lines = ["| model | setting | accuracy | strict | invalid |", "|---|---|---|---|---|"]
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    for name, rows in tables:
-        for r in rows:
-            lines.append(f"| {name} | {r['setting']} | {pct(r['accuracy'])} | {pct(r['accuracy_strict'])} | "
-                         f"{pct(r['invalid_rate'])} |")
+    lines = markdown_table(tables)
     lines += ["", "RFT rejective sampling (from the base model): "
               + json.dumps(json.loads((out / "rft" / "rejection.json").read_text())), "", *rl_curve(out / "rl" / "log.jsonl")]
     (out / "results.md").write_text("\n".join(lines) + "\n")

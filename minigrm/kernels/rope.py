@@ -104,7 +104,7 @@ def _rotate_half(x):
 
 
 def apply_rope_ref(q, k, positions, inv_freq):
-    """The readable twin: model.RotaryEmbedding.forward + model.apply_rope on (N, H, D)."""
+    """The readable twin: layers.RotaryEmbedding.forward + layers.apply_rope on (N, H, D)."""
     _check(q, k, positions, inv_freq)
     freqs = positions[:, None].float() * inv_freq  # (N, D/2) fp32
     emb = torch.cat((freqs, freqs), dim=-1)  # (N, D)
