@@ -102,7 +102,7 @@ def _run_engine(model, prompts, w, **kw):
     engine.reset_prefix_cache()
     params = SamplingParams(n=w["k"], temperature=w["temperature"], max_tokens=w["new_tokens"], ignore_eos=True, seed=0)
     t = time.perf_counter()
-    steps = sorted(decode_step_times(engine, prompts, params))
+    steps = sorted(t for t, _ in decode_step_times(engine, prompts, params))
     seconds = time.perf_counter() - t
     row = dict(seconds=seconds, tokens_per_s=len(prompts) * w["k"] * w["new_tokens"] / seconds,
                decode_ms=1e3 * steps[len(steps) // 2], graphs=engine.runner.graphs is not None,
