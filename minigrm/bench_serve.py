@@ -52,16 +52,21 @@ def load(url: str, clients: int, seconds: float, k: int, max_tokens: int) -> dic
             dt = one(url, i, k, max_tokens)
             with lock:
                 latencies.append(dt)
+    wall = run_clients(client, clients)
+    q = statistics.quantiles(latencies, n=100)
+    return {"requests": len(latencies), "wall_s": wall, "req_per_s": len(latencies) / wall,
+            "judgments_per_s": len(latencies) * k / wall, "p50_s": q[49], "p99_s": q[98]}
+
+
+def run_clients(client, n: int) -> float:
+    """Run `client` in n threads at once; -> wall seconds until all are done."""
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    q = statistics.quantiles(latencies, n=100)
-    return {"requests": len(latencies), "wall_s": wall, "req_per_s": len(latencies) / wall,
-            "judgments_per_s": len(latencies) * k / wall, "p50_s": q[49], "p99_s": q[98]}
+    return time.perf_counter() - t0
 
 
 def batching(url: str, requests: int, k: int, max_tokens: int, clients: int = 32) -> dict:
@@ -79,13 +84,7 @@ def batching(url: str, requests: int, k: int, max_tokens: int, clients: int = 32
             if i is None:
                 return
             one(url, 10**6 + i, k, max_tokens)
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    concurrent = time.perf_counter() - t0
+    concurrent = run_clients(client, clients)
     return {"requests": requests, "serial_s": serial, "concurrent_s": concurrent, "clients": clients,
             "speedup": serial / concurrent}
 

@@ -29,6 +29,17 @@ TOPK_METHODS = ("greedy", "group_limited_greedy")
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
+def read_json_object(file: Path) -> dict:
+    """A JSON object from `file`, or a ValueError naming the file (config.json, tokenizer files)."""
+    try:
+        value = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: expected a JSON object")
+    return value
+
+
 @dataclass
 class ModelConfig:
     model_type: str
@@ -90,12 +101,7 @@ class ModelConfig:
         file = Path(path) / "config.json"
         if not file.exists():
             raise FileNotFoundError(f"no config.json in {path}: expected a Hugging Face model folder")
-        try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{file}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{file}: expected a JSON object")
+        raw = read_json_object(file)
         try:
             return cls.from_dict(raw)
         except KeyError as e:

@@ -28,13 +28,14 @@ Contract:
   `(messages, add_generation_prompt) -> str`.
 """
 import datetime
-import json
 import re
 from pathlib import Path
 from typing import Callable
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as _Backend
+
+from .config import read_json_object
 
 Message = dict[str, str]
 ChatTemplate = Callable[[list[Message], bool], str]
@@ -264,15 +265,7 @@ def _token_str(value) -> str | None:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path) if path.exists() else {}
 
 
 def _find_template(path: Path, config: dict) -> str | None:

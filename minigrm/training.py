@@ -1,5 +1,6 @@
-"""Machinery shared by train_rft.py and train_rl.py: the log-prob forward that DDP / FSDP2 wrap,
-bf16 autocast, gradient-sync control, metric reduction, Ctrl-C and atomic, resumable checkpoints.
+"""Machinery shared by train_rft.py and train_rl.py around the forward and the loop: the
+log-prob forward that DDP / FSDP2 wrap, gradient-sync control, metric reduction, Ctrl-C.
+Checkpoints and resume are resume.py's.
 
 Contract:
     policy = LogprobForward(model)            policy(ids (B, T), mask (B, T)) -> (B, T - 1) fp32
@@ -10,35 +11,16 @@ Contract:
     with grad_sync(policy, last_micro_batch): loss.backward()
     means = reduce_metrics(d, {"name": (sum, count)})  sums and counts added over ranks
     with interrupt_guard() as stop: ... if stop_requested(d, stop): save and leave  (SIGINT, SIGTERM)
-    checkpoint_step(out, step, total, model, policy, optimizer, d, stop, save_every=, keep_last=, ...)
-    save_checkpoint(out, step, model, policy, optimizer, d, tokenizer_dir, extra) -> folder
-    state = load_checkpoint(folder, policy, optimizer, d)    -> {"step", "extra", ...}
-    latest_checkpoint(out) -> folder or None
 
 Why a LogprobForward module: DDP and FSDP2 do their work in hooks around a wrapped module's
 `forward` (DDP prepares the gradient all-reduce, FSDP2 all-gathers and frees shards), so
 training must call the wrapper. CausalLM.forward would return (B, T, V) logits; this forward
-returns only the targets' log-probs (logprob.py's chunked projection), the same numbers as
-`logprob.sequence_logprobs` (pinned by a test). The sampling Engine is given the bare model.
+returns only the targets' log-probs: `logprob.sequence_logprobs` with the decoder under bf16
+autocast on CUDA (fp32 master weights). The sampling Engine is given the bare model.
 
-Checkpoints: `<out>/checkpoint-<step>/` is an HF folder (config.json, safetensors, tokenizer
-files: transformers, minigrm and infer_scale.py load it) plus `trainer_state.json` (step,
-world size, the script's extra state), `optimizer.pt` and one `rng-rank<r>.pt` per rank, both
-tensors only and read with weights_only=True (a crafted file cannot run code). It is written
-in `<out>/.tmp-checkpoint-<step>` and renamed when complete, then `<out>/latest` (a text file
-naming it) is replaced atomically: a crash never leaves a half-written checkpoint that
-looks complete. Under FSDP2 the model and optimizer are gathered to full (unsharded) state
-dicts on rank 0, so a run can resume on another world size. A model with LoRA adapters
-(lora.py) is saved as its adapter instead, in PEFT's format (adapter.py: adapter_config.json
-naming `tokenizer_dir` as the base, adapter_model.safetensors), and the optimizer state is
-that of the adapters only; resume with `load_model(base, adapter=folder)` before wrapping.
-
-Deviations / open choices:
-  - autocast (logprob.autocast) runs the decoder in bf16 on CUDA with fp32 master weights; the
-    vocabulary projection then uses a bf16 copy of the lm_head weight (its gradient flows back).
-  - FSDP2 rollouts unshard the whole model first, so during sampling every rank holds the
-    full weights (plus its KV cache); the layers' hooks find them unsharded and gather nothing,
-    which is what lets ranks run different numbers of engine steps.
+Deviation / open choice: FSDP2 rollouts unshard the whole model first, so during sampling every
+rank holds the full weights (plus its KV cache); the layers' hooks find them unsharded and
+gather nothing, which is what lets ranks run different numbers of engine steps.
 """
 import signal
 from contextlib import contextmanager, nullcontext

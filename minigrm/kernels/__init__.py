@@ -22,3 +22,17 @@ def use_triton(t) -> bool:
     if _backend == "auto":
         return t.is_cuda
     return _backend == "triton"
+
+
+def cuda_ms(fn, iters: int = 10, warmup: int = 1) -> float:
+    """Milliseconds per call of fn() on the GPU, from CUDA events (the kernels' __main__ benchmarks)."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from minigrm.kernels import cuda_ms
 from minigrm.kernels.paged_attention import _auto_splits, _dot, _kernel_checks, _tiles, launch_splits, merge_splits
 
 
@@ -153,13 +154,6 @@ if __name__ == "__main__":
         for name, fn, nbytes in (("paged", lambda: paged_decode_attention_triton(q, k_cache, v_cache, t, ln, D**-0.5), plain),
                                  ("cascade", lambda: cascade_decode_attention_triton(q, k_cache, v_cache, t, ln, groups,
                                                                                      D**-0.5), shared)):
-            fn()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 20
+            ms = cuda_ms(fn, iters=20, warmup=1)
             print(f"{P_}x{k} rows H={H} Hkv={Hkv} D={D} prefix {prefix} + {own}: {name:8s} {ms * 1e3:8.1f} us "
                   f"({nbytes / ms / 1e6:7.1f} GB/s of the bytes it must read)")

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 
 
 @triton.jit
@@ -99,14 +99,6 @@ if __name__ == "__main__":
         slots = torch.randperm(num_blocks * block_size, device="cuda")[:N]
         nbytes = 4 * k.numel() * k.element_size()  # read k, v; write them into the caches
         for name, fn in (("triton", store_kv_triton), ("torch", store_kv_ref)):
-            for _ in range(3):
-                fn(k, v, kc, vc, slots)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(100):
-                fn(k, v, kc, vc, slots)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 100
+            ms = cuda_ms(lambda: fn(k, v, kc, vc, slots), iters=100, warmup=3)
             print(f"N={N:5d} Hkv={Hkv} D={D:3d} {name:6s} {ms * 1e3:8.1f} us  "
                   f"{nbytes / ms / 1e6:7.1f} GB/s")

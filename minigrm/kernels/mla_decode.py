@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 from minigrm.kernels.paged_attention import _auto_splits, _dot, _merge_kernel
 
 BLOCK_H = 16
@@ -187,13 +187,5 @@ if __name__ == "__main__":
         nbytes = cache.numel() * cache.element_size()  # every cached row once
         args = (q, cache, tables, lens, 0.1, R)
         for name, fn in (("triton", mla_decode_attention_triton), ("torch", mla_decode_attention_ref)):
-            for _ in range(2):
-                fn(*args)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                fn(*args)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 10
+            ms = cuda_ms(lambda: fn(*args), iters=10, warmup=2)
             print(f"B={B:3d} ctx={ctx:5d} {name:6s} {ms * 1e3:9.1f} us  {nbytes / ms / 1e6:7.1f} GB/s")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 
 
 @triton.jit
@@ -289,14 +289,6 @@ if __name__ == "__main__":
         args = (q, k_cache, v_cache, tables, lens, D ** -0.5)
         fns = (("triton", paged_decode_attention_triton), ("torch", paged_decode_attention_ref))
         for name, fn in fns:
-            for _ in range(2):
-                fn(*args)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                fn(*args)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 10
+            ms = cuda_ms(lambda: fn(*args), iters=10, warmup=2)
             print(f"B={B:3d} H={H:2d} Hkv={Hkv} D={D:3d} ctx={ctx:5d} {name:6s} "
                   f"{ms * 1e3:9.1f} us  {nbytes / ms / 1e6:7.1f} GB/s")

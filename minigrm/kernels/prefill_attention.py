@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 from minigrm.kernels.paged_attention import _dot
 
 
@@ -131,7 +131,7 @@ def _check(q, k_cache, v_cache, meta):
 def prefill_attention_triton(q, k_cache, v_cache, meta: PrefillMeta, scale, softcap=None, window=None,
                              block_m: int | None = None):
     _check(q, k_cache, v_cache, meta)
-    (N, H, D), (_, page, Hkv, _) = q.shape, k_cache.shape
+    (_, H, D), (_, page, Hkv, _) = q.shape, k_cache.shape
     if D > 256 or page & (page - 1) or q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("prefill attention kernel: head_dim <= 256, power-of-two block_size, contiguous head_dim")
     BLOCK_D = max(16, triton.next_power_of_2(D))
@@ -178,7 +178,7 @@ def prefill_attention_ref(q, k_cache, v_cache, meta: PrefillMeta, scale, softcap
     """The torch twin: a few padded packs of sequences, one masked SDPA (or softcapped
     attention) each."""
     _check(q, k_cache, v_cache, meta)
-    (N, H, D), (_, page, Hkv, _) = q.shape, k_cache.shape
+    (N, H, _), (_, page, Hkv, _) = q.shape, k_cache.shape
     out = torch.empty_like(q)
     for pack in _packs(meta.q_len_host, meta.ctx_host, H, max_scores):
         idx = torch.tensor(pack, device=q.device)
@@ -237,12 +237,5 @@ if __name__ == "__main__":
         q = torch.randn(S * n, H, D, device="cuda", dtype=dt)
         flops = 4 * S * n * n / 2 * H * D  # causal: half the square
         for name, fn in (("triton", prefill_attention_triton), ("torch", prefill_attention_ref)):
-            fn(q, k_cache, v_cache, meta, D**-0.5)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(5):
-                fn(q, k_cache, v_cache, meta, D**-0.5)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 5
+            ms = cuda_ms(lambda: fn(q, k_cache, v_cache, meta, D**-0.5), iters=5, warmup=1)
             print(f"S={S} n={n:5d} H={H:2d} Hkv={Hkv} D={D:3d} {name:6s} {ms:8.2f} ms  {flops / ms / 1e9:7.1f} TFLOP/s")

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 
 
 @triton.jit
@@ -111,13 +111,5 @@ if __name__ == "__main__":
         res, w = torch.randn_like(x), torch.randn(C, device="cuda", dtype=torch.bfloat16)
         nbytes = 4 * x.numel() * x.element_size()  # read x, residual; write y, h
         for name, fn in (("triton", rms_norm_triton), ("torch", rms_norm_ref)):
-            for _ in range(3):
-                fn(x, w, 1e-6, 0.0, res)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(100):
-                fn(x, w, 1e-6, 0.0, res)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 100
+            ms = cuda_ms(lambda: fn(x, w, 1e-6, 0.0, res), iters=100, warmup=3)
             print(f"N={N:5d} C={C:5d} {name:6s} {ms * 1e3:8.1f} us  {nbytes / ms / 1e6:7.1f} GB/s")

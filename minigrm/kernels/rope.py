@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 
 
 @triton.jit
@@ -131,14 +131,6 @@ if __name__ == "__main__":
         inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, device="cuda").float() / D))
         nbytes = 2 * (q.numel() + k.numel()) * q.element_size()  # read and write q and k
         for name, fn in (("triton", apply_rope_triton), ("torch", apply_rope_ref)):
-            for _ in range(3):
-                fn(q, k, pos, inv_freq)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(100):
-                fn(q, k, pos, inv_freq)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 100
+            ms = cuda_ms(lambda: fn(q, k, pos, inv_freq), iters=100, warmup=3)
             print(f"N={N:5d} H={H:3d} Hkv={Hkv} D={D:3d} {name:6s} {ms * 1e3:8.1f} us  "
                   f"{nbytes / ms / 1e6:7.1f} GB/s")

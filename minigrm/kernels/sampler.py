@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minigrm.kernels import use_triton
+from minigrm.kernels import cuda_ms, use_triton
 
 
 @triton.jit
@@ -353,13 +353,6 @@ if __name__ == "__main__":
                             "top-k 50": (0.8, 50, 1.0), "top-p 0.95": (0.8, 0, 0.95)}.items():
         args = (logits, full(T, torch.float32), full(k, torch.int32), full(p, torch.float32), seeds, steps)
         for label, fn in (("triton", _sample_triton), ("torch", sample_ref)):
-            fn(*args, softcap=30.0)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                fn(*args, softcap=30.0)
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 10
+            ms = cuda_ms(lambda: fn(*args, softcap=30.0), iters=10, warmup=1)
             print(f"{name:12s} {label:6s} B={B} V={V} bf16: {ms * 1e3:8.1f} us "
                   f"({logits.numel() * 2 / ms / 1e6:6.1f} GB/s per logits read)")
