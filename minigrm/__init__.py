@@ -26,7 +26,7 @@ from .voting import meta_rm_filter, predict_best, shuffled_order, unshuffle, vot
 
 __all__ = [
     "CausalLM", "Completion", "Engine", "Judgment", "MetaRM", "ModelConfig", "SamplingParams", "Tokenizer",
-    "greedy_generate", "grm_messages", "grm_prompt", "is_correct", "load_adapter", "load_meta_rm", "load_model",
+    "greedy_generate", "grm", "grm_messages", "grm_prompt", "is_correct", "load_adapter", "load_meta_rm", "load_model",
     "load_tokenizer", "lora", "meta_rm_filter", "meta_rm_messages", "parse_judgment", "predict_best",
     "rule_reward", "save_adapter", "save_model", "sequence_rewards", "shuffled_order", "single_response_prompt",
     "unshuffle", "vote", "voting_at_k",

@@ -205,3 +205,11 @@ def tokens(*shape, seed=0):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     x[..., 0] = 5.0  # the feature that keeps experts 0 .. E/2 - 1 idle
     return x
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def random_ids(B=2, T=40, seed=0):  # T=40 is far past the gemma2 fixture's window of 7
+    return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import minigrm
-from factories import PROMPTS, VOCAB, assert_triton_equals_torch, engine, hf_model, save_hf
+from factories import PROMPTS, assert_triton_equals_torch, engine, hf_model, max_diff, random_ids, save_hf
 from minigrm import mla
 from minigrm.kernels import mla_decode
 from minigrm.config import ModelConfig
@@ -48,14 +48,6 @@ V2_LITE = dict(
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def max_diff(a, b):
-    return (a - b).abs().max().item()
-
-
-def random_ids(B=2, T=40, seed=0):
-    return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import minigrm
-from factories import hf_model, save_hf
+from factories import PROMPTS, hf_model, save_hf
 from minigrm.engine import Engine
 from minigrm.fused import fuse_projections
 from minigrm.kernels.paged_attention import paged_decode_attention_ref, paged_decode_attention_triton
@@ -15,7 +15,6 @@ from minigrm.kernels.sampler import _sample_triton, sample_ref
 from minigrm.sampling import SamplingParams
 
 pytestmark = pytest.mark.gpu
-PROMPTS = [[5, 17, 33, 8, 61, 7, 9, 11, 3, 4], [5, 17, 33, 8, 61, 7, 9, 11, 80, 81, 82, 83, 84], [40, 41]]
 
 
 @pytest.mark.parametrize("G,D,dtype", [(1, 64, torch.float32), (8, 128, torch.bfloat16), (2, 256, torch.bfloat16)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import minigrm
-from factories import hf_model, moe_layer, save_hf, tokens
+from factories import PROMPTS, hf_model, moe_layer, save_hf, tokens
 from minigrm.bench_deepseek import V2_LITE, decode_roofline
 from minigrm.config import ModelConfig
 from minigrm.engine import Engine
@@ -15,7 +15,6 @@ from minigrm.sampling import SamplingParams
 
 pytestmark = pytest.mark.gpu
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] in (9, 10)
-PROMPTS = [[5, 17, 33, 8, 61, 7, 9, 11, 3, 4], [5, 17, 33, 8, 61, 7, 9, 11, 80, 81, 82, 83, 84], [40, 41]]
 
 
 def latent_case(lens, H=16, R=512, Dr=64, page=16, dtype=torch.bfloat16, width=160):

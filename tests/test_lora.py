@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import minigrm
-from factories import PROMPTS, VOCAB, engine, hf_model, save_hf
+from factories import PROMPTS, VOCAB, engine, hf_model, max_diff, save_hf
 from minigrm import adapter, lora, resume
 from minigrm.distributed import Dist
 from minigrm.meta_rm import classifier_from
@@ -24,10 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def ids(B=2, T=30, seed=0):
     return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
-
-
-def max_diff(a, b):
-    return (a - b).abs().max().item()
 
 
 @torch.no_grad()

@@ -3,18 +3,10 @@ import pytest
 import torch
 
 import minigrm
-from factories import VOCAB, hf_model, save_hf
+from factories import VOCAB, hf_model, max_diff, random_ids, save_hf
 
 FAMILIES = ["llama", "llama3", "qwen2", "qwen3", "gemma2"]
 TOL = 1e-4
-
-
-def max_diff(a, b):
-    return (a - b).abs().max().item()
-
-
-def random_ids(B=2, T=40, seed=0):  # T=40 is far past the gemma2 fixture's window of 7
-    return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
