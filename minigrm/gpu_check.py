@@ -15,12 +15,12 @@ one part leaves the others' figures; figures are saved as each is measured):
              (without and with the shared prompt counted once per query), then batch-1 decode
              with graphs on and off
   hf:X       transformers `generate` on the same weights and prompts (num_return_sequences=k)
+  deepseek   DeepSeek-V2-Lite's shape (DeepSeek-GRM-16B), random bf16 weights: the decode roofline
+             of bench_deepseek.py at batch 1 / 64 / 256 (MLA latent decode, grouped MoE, a graph)
 The report (markdown) goes to --out. --dry-run runs the same parts in this process on the CPU
 with bench's 'tiny' shape and a toy workload (tests/test_gpu_check.py runs it).
 
-Adding a model row (e.g. DeepSeek-V2-Lite's shape, issue 15): put its config in bench.SHAPES and
-its name in ROWS below. Variants that do not apply (no CUDA graphs for MLA) run eager, and the
-report's "graphs" column says so.
+Adding a model row: put its config in bench.SHAPES and its name in ROWS below.
 """
 import argparse
 import gc
@@ -36,7 +36,10 @@ ROWS = ["qwen2.5-0.5b", "qwen2.5-1.5b"]  # bench.SHAPES names benchmarked on the
 WORKLOAD = dict(prompts=32, k=8, prompt_len=1536, new_tokens=512, temperature=0.5)
 DRY_WORKLOAD = dict(prompts=2, k=2, prompt_len=48, new_tokens=8, temperature=0.5)
 BATCH1 = dict(prompt_len=512, new_tokens=256)
-TIMEOUTS = {"env": 60, "tests": 200, "overhead": 60, "model": 120, "minigrm": 170, "hf": 150}
+DRY_DEEPSEEK = dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+                    num_attention_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16,
+                    v_head_dim=16, n_routed_experts=16, vocab_size=256)
+TIMEOUTS = {"env": 60, "tests": 200, "overhead": 60, "model": 120, "minigrm": 170, "hf": 150, "deepseek": 150}
 DEADLINE_S = 460  # the whole run stays under 8 minutes; later parts are skipped past it
 
 
@@ -155,8 +158,22 @@ def part_hf(cfg, out):
     out.update(seconds=seconds, tokens_per_s=w["prompts"] * w["k"] * w["new_tokens"] / seconds)
 
 
+def part_deepseek(cfg, out):
+    """DeepSeek-V2-Lite's shape (DeepSeek-GRM-16B) with random weights: the decode roofline of
+    bench_deepseek.py (MLA latent decode, grouped MoE, CUDA graph) at batch 1 / 64 / 256. The
+    dry run uses a tiny config of the same structure."""
+    import torch
+    from .bench_deepseek import V2_LITE, decode_roofline
+    from .config import ModelConfig
+    dry = cfg["dry_run"]
+    raw = dict(V2_LITE, **DRY_DEEPSEEK) if dry else V2_LITE
+    out["rows"] = decode_roofline(ModelConfig.from_dict(raw), batches=(1, 4) if dry else (1, 64, 256),
+                                  context=40 if dry else 1536, dtype=getattr(torch, cfg["dtype"]),
+                                  device=cfg["device"], steps=2 if dry else 20, bandwidth=cfg["bandwidth"])
+
+
 PARTS = {"env": part_env, "tests": part_tests, "overhead": part_overhead, "model": part_model,
-         "minigrm": part_minigrm, "hf": part_hf}
+         "minigrm": part_minigrm, "hf": part_hf, "deepseek": part_deepseek}
 
 
 def run_part(kind, cfg, result_file, isolate, timeout):
@@ -197,14 +214,14 @@ def plan(dry_run: bool) -> list[tuple[str, str | None]]:
     steps = [("env", None), ("tests", None), ("overhead", None)]
     for shape in rows:
         steps += [("model", shape), ("minigrm", shape), ("hf", shape)]
-    return steps
+    return steps + [("deepseek", None)]
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/gpu_check.md", help="the markdown report")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, toy workload, in one process (seconds)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip (env, tests, overhead, model, minigrm, hf)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (env, tests, overhead, model, minigrm, hf, deepseek)")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this (child) process
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

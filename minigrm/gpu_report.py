@@ -64,6 +64,12 @@ def write_report(path: Path, results: dict, base: dict, total_s: float) -> None:
         lines += ["## Batch-1 decode", "", "| model | engine | graphs | step ms | tokens/s | % roofline |",
                   "|---|---|---|---|---|---|"] + batch1 + [""]
 
+    if results.get("deepseek", {}).get("rows"):
+        from .bench_deepseek import markdown
+        lines += ["## DeepSeek-V2-Lite decode (DeepSeek-GRM-16B's shape)", "",
+                  markdown(results["deepseek"]["rows"], "random weights" + (" (dry run: a tiny config)" if base["dry_run"]
+                                                                            else ", bf16")), ""]
+
     failed = [(k, r["error"]) for k, r in results.items() if "error" in r]
     lines += ["## Failed or skipped parts", ""]
     lines += [f"- **{k}**: `{e.strip().splitlines()[-1] if e.strip() else e}`" for k, e in failed] or ["none"]

@@ -19,7 +19,10 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert all(v["tokens_per_s"] > 0 and v["decode_ms"] > 0 for v in variants.values())
     assert results["hf:tiny"]["seconds"] > 0 and results["overhead"]["ms_per_step"] > 0
     text = out.read_text()
-    for heading in ("## GRM workload", "## Batch-1 decode", "## Engine overhead", "## Failed or skipped parts"):
+    assert [r["batch"] for r in results["deepseek"]["rows"]] == [1, 4]
+    assert all(r["tokens_per_s"] > 0 and r["bytes_per_step"] > 0 for r in results["deepseek"]["rows"])
+    for heading in ("## GRM workload", "## Batch-1 decode", "## Engine overhead", "## DeepSeek-V2-Lite decode",
+                    "## Failed or skipped parts"):
         assert heading in text
     assert "| tiny | transformers generate |" in text and "| tiny | minigrm, no graphs |" in text
 
