@@ -185,16 +185,6 @@ def merge_state_dict(state: dict[str, torch.Tensor], scaling: float) -> dict[str
     return out
 
 
-class _Plain:
-    """What checkpoint.save_model reads from a model (config and state_dict)."""
-
-    def __init__(self, config, state):
-        self.config, self._state = config, state
-
-    def state_dict(self):
-        return self._state
-
-
 def save_merged(model: nn.Module, folder, tokenizer_dir=None, state_dict=None) -> Path:
     """Write a plain HF folder (transformers and minigrm load it) with the adapters folded in.
     `state_dict`: lora.full_state_dict(policy) gathered beforehand (FSDP2), else model.state_dict()."""
@@ -202,7 +192,7 @@ def save_merged(model: nn.Module, folder, tokenizer_dir=None, state_dict=None) -
         raise RuntimeError("save_merged: the model is merged already (call it outside lora.merged)")
     state = model.state_dict() if state_dict is None else state_dict
     plain = merge_state_dict({k: v.detach() for k, v in state.items()}, model.lora_config.scaling)
-    return checkpoint.save_model(_Plain(model.config, plain), folder, tokenizer_dir)
+    return checkpoint.save_model(checkpoint.StateOnly(model.config, plain), folder, tokenizer_dir)
 
 
 def for_training(base, resume=None, lora_rank: int = 0, alpha: float = 32, dropout: float = 0.0, targets=None,

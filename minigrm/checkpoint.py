@@ -148,6 +148,17 @@ def _assign_packed(model, key: str, expert: int, half, tensor, dtype, device) ->
     target.copy_(tensor)
 
 
+class StateOnly:
+    """What save_model reads from a model, its config and state_dict, for a state held apart from
+    the module (an FSDP2 state gathered to rank 0, LoRA adapters folded into the weights)."""
+
+    def __init__(self, config, state: dict):
+        self.config, self._state = config, state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
 def save_model(model: CausalLM, path, tokenizer_dir=None, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write an HF folder that transformers and minigrm both load (tied head stored once)."""
     path = Path(path)

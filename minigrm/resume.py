@@ -30,7 +30,7 @@ import torch
 
 from . import lora
 from .adapter import save_adapter
-from .checkpoint import copy_tokenizer, save_model
+from .checkpoint import StateOnly, copy_tokenizer, save_model
 from .data import write_json
 from .training import is_fsdp, stop_requested
 
@@ -69,16 +69,6 @@ def best_checkpoint(out) -> dict | None:
     if not CHECKPOINT.fullmatch(str(best.get("checkpoint"))):
         raise ValueError(f"{path} names {best.get('checkpoint')!r}, not a checkpoint-<step> folder")
     return best
-
-
-class _FullModel:
-    """What save_model reads from a model (config and state_dict), for a gathered FSDP2 state."""
-
-    def __init__(self, config, state):
-        self.config, self._state = config, state
-
-    def state_dict(self):
-        return self._state
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -120,7 +110,7 @@ def save_checkpoint(out, step: int, model, policy, optimizer, d, tokenizer_dir, 
         optim_state = get_optimizer_state_dict(policy, optimizer, options=opts)
         if adapters is None:
             state = get_model_state_dict(policy, options=opts)
-            full = _FullModel(model.config, {k.removeprefix("lm."): v for k, v in state.items()})
+            full = StateOnly(model.config, {k.removeprefix("lm."): v for k, v in state.items()})
     else:
         optim_state = optimizer.state_dict()
     torch.save(_rng_state(), tmp / f"rng-rank{d.rank}.pt")

@@ -40,6 +40,16 @@ def common(tiny_model, data, out, steps=4):
             "--lr", "1e-3", "--warmup-steps", "1", "--kv-cache-gb", "0.05", "--device", "cpu", "--seed", "3"]
 
 
+def two_processes(tmp_path, *args) -> Path:
+    """train_rl.py under torchrun with 2 gloo ranks and the fake judge swapped in; -> its --out."""
+    wrapper = tmp_path / "run.py"
+    wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
+                       "train_rl.grm.judge = fake_judge\ntrain_rl.main()\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper), *args]
+    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    return Path(args[args.index("--out") + 1])
+
+
 def log(out):
     return list(read_jsonl(Path(out) / "log.jsonl"))
 
@@ -152,13 +162,8 @@ def test_prompts_longer_than_the_context_are_dropped_and_counted(tiny_model, tmp
 def test_two_processes_equal_one(full_run, tiny_model, data, tmp_path, fsdp):
     """torchrun with 2 gloo ranks: all-reduced metrics and the trained weights equal the
     single-process run (each prompt's samples are seeded by its global index)."""
-    wrapper = tmp_path / "run.py"  # train_rl.py with the fake judge swapped in
-    wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
-                       "train_rl.grm.judge = fake_judge\ntrain_rl.main()\n")
-    out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper),
-           *common(tiny_model, data, out, steps=2), "--save-every", "2"] + (["--fsdp"] if fsdp else [])
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    out = two_processes(tmp_path, *common(tiny_model, data, tmp_path / "two", steps=2), "--save-every", "2",
+                        *(["--fsdp"] if fsdp else []))
     two, one = log(out), log(full_run)[:2]
     for a, b in zip(two, one):
         assert a["outputs"] == b["outputs"] == 8
@@ -202,13 +207,7 @@ def test_deepseek_v2_smoke(deepseek_run, tiny_deepseek):
 def test_deepseek_v2_fsdp2_equals_one_process(deepseek_run, tiny_deepseek, data, tmp_path):
     """Experts that no token of a rank picks still get a (zero) gradient, so FSDP2's
     reduce-scatter (and DDP's all-reduce) see the same tensors on every rank."""
-    wrapper = tmp_path / "run.py"
-    wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
-                       "train_rl.grm.judge = fake_judge\ntrain_rl.main()\n")
-    out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper),
-           *common(tiny_deepseek, data, out, steps=2), "--fsdp"]
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    out = two_processes(tmp_path, *common(tiny_deepseek, data, tmp_path / "two", steps=2), "--fsdp")
     assert len(log(out)) == len(log(deepseek_run)) == 2
     for a, b in zip(log(out), log(deepseek_run)):
         assert a["reward_mean"] == b["reward_mean"] and a["length"] == b["length"]
@@ -320,13 +319,8 @@ def test_lora_fsdp2_two_processes_equal_one(lora_run, tiny_model, data, tmp_path
     """LoRA under 2-process FSDP2 (gloo): the adapters are sharded with their layers, checkpoints
     hold the adapters only, and the run equals the single-process one (AdamW moves an element whose
     gradient nearly cancels by ~lr whatever its sign, hence atol 1e-5 on the adapters)."""
-    wrapper = tmp_path / "run.py"
-    wrapper.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport train_rl\n{FAKE_JUDGE}\n"
-                       "train_rl.grm.judge = fake_judge\ntrain_rl.main()\n")
-    out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(wrapper),
-           *common(tiny_model, data, out, steps=2), "--save-every", "2", "--lora-rank", "4", "--fsdp"]
-    subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    out = two_processes(tmp_path, *common(tiny_model, data, tmp_path / "two", steps=2), "--save-every", "2",
+                        "--lora-rank", "4", "--fsdp")
     for a, b in zip(log(out), log(lora_run)[:2]):
         assert a["reward_mean"] == b["reward_mean"]
         for key in ("loss", "grad_norm", "kl"):
