@@ -86,6 +86,11 @@ def parse_args(argv=None):
     ap.add_argument("--max-tokens", type=cli.positive_int, default=1024, help="max tokens per sampled judgment")
     ap.add_argument("--sft-data", default=None, help="general chat JSONL {'messages': [...]} mixed into SFT")
     ap.add_argument("--meta-rm", action="store_true", help="train a meta RM (scalar head) instead of the GRM")
+    ap.add_argument("--trajectories", default=None,
+                    help="pre-sampled judgments {'item', 'sample', 'hinted', 'order', 'text'} on the RFT prompts (e.g. "
+                         "from a stronger model served elsewhere) used instead of sampling; graded here by Eq. 10")
+    ap.add_argument("--no-rejection", action="store_true",
+                    help="train on every trajectory, right or wrong (the paper's 'w/o rejective sampling' ablation)")
     ap.add_argument("--extra-trajectories", default=None,
                     help="meta RM: JSONL of more judgments {'item', 'order', 'text'} from the GRM to guide")
     ap.add_argument("--epochs", type=cli.positive_int, default=1, help="passes over the accepted trajectories")
@@ -138,6 +143,18 @@ def sample_trajectories(items, args, d, path: Path) -> None:
     engine.generate([prompt_ids(tok, it, o, h) for it, _, h, o in todo], params, on_finish=save,
                     seeds=[grm.stream_seed(it, j, args.seed) for it, j, _, _ in todo])
     del engine, model
+
+
+def given_trajectories(path, by_id) -> list[dict]:
+    """--trajectories: records sampled elsewhere on the RFT prompts (grm.messages(training=True)),
+    graded here exactly as stage A grades its own samples."""
+    records = []
+    for r in read_jsonl(path, required=("item", "sample", "hinted", "order", "text")):
+        if r["item"] not in by_id:
+            raise ValueError(f"{path}: a trajectory of item {r['item']!r} is not in --data")
+        v = grm.judge(by_id[r["item"]], r["order"], r["text"], r.get("finish_reason", "stop"), training=True)
+        records.append({**r, "training": True, "correct": v.correct, "valid": v.valid})
+    return records
 
 
 # ---------------------------------------------------------------------------- stage B: examples
@@ -221,7 +238,8 @@ def main(argv=None):
     d = distributed.init(args.device)
     out = Path(args.out)
     if d.main:  # one run per folder, its settings recorded; a fresh start never overwrites a run
-        runs.take(out, cli.recorded_settings(args, ("model", "sampler", "data", "sft_data", "extra_trajectories"),
+        runs.take(out, cli.recorded_settings(args, ("model", "sampler", "data", "sft_data", "extra_trajectories",
+                                                   "trajectories"),
                                              VOLATILE),
                   fresh_ok=bool(args.resume), has_run=lambda o: any(o.glob("trajectories*.jsonl")))
     d.barrier()
@@ -231,14 +249,17 @@ def main(argv=None):
     by_id = {str(it.id): it for it in items}
     suffix = f".rank{d.rank}" if d.world > 1 else ""
 
-    # stage A: sample (resumable with --resume), then reject
-    try:
-        sample_trajectories(d.shard(items), args, d, out / f"trajectories{suffix}.jsonl")
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished trajectory is in {out}; rerun with --resume to continue")
-        sys.exit(130)
-    d.barrier()
-    records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_results(f)]
+    # stage A: sample (resumable with --resume) or read --trajectories, then reject
+    if args.trajectories:
+        records = given_trajectories(args.trajectories, by_id)
+    else:
+        try:
+            sample_trajectories(d.shard(items), args, d, out / f"trajectories{suffix}.jsonl")
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every finished trajectory is in {out}; rerun with --resume to continue")
+            sys.exit(130)
+        d.barrier()
+        records = [r for f in sorted(out.glob("trajectories*.jsonl")) for r in read_results(f)]
     tok = load_tokenizer(args.model, chat_template=args.chat_template)
     pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
     limit = min(ModelConfig.from_pretrained(args.model).max_position_embeddings, args.max_tokens_per_batch)
@@ -250,7 +271,7 @@ def main(argv=None):
         stats = {"examples": len(examples), "skipped": skipped,
                  "positive_rate": sum(y for _, y in examples) / max(len(examples), 1)}
     else:
-        accepted, stats = select(records)
+        accepted, stats = select(records, reject=not args.no_rejection)
         examples = fits(rft_examples(accepted, by_id, tok), limit, "accepted trajectories", d)
         if args.sft_data:
             chat = fits(chat_examples(args.sft_data, tok), limit, "--sft-data conversations", d)

@@ -38,10 +38,11 @@ def reject_non_hinted(trajectories_correct: list[bool]) -> Rejection:
     return Rejection([i for i, c in enumerate(trajectories_correct) if c], False)
 
 
-def select(records: list[dict]) -> tuple[list[dict], dict]:
+def select(records: list[dict], reject: bool = True) -> tuple[list[dict], dict]:
     """Rejective sampling over sampled trajectory records {"item", "sample", "hinted", "correct",
     "valid"} -> (accepted records, rates): per item, the non-hinted ones by reject_non_hinted; a
-    hinted one is kept iff correct."""
+    hinted one is kept iff correct. reject=False keeps every record (the paper's "w/o rejective
+    sampling" ablation); the rates are those rejection would have had."""
     by_item: dict[str, list[dict]] = {}
     for r in records:
         by_item.setdefault(r["item"], []).append(r)
@@ -51,6 +52,8 @@ def select(records: list[dict]) -> tuple[list[dict], dict]:
         rejection = reject_non_hinted([r["correct"] for r in plain])
         too_easy += rejection.too_easy
         accepted += [plain[i] for i in rejection.kept] + [r for r in rs if r["hinted"] and r["correct"]]
+    if not reject:
+        accepted = list(records)
     plain = [r for r in records if not r["hinted"]]
     hinted = [r for r in records if r["hinted"]]
     n = max(len(records), 1)

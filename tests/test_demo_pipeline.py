@@ -1,24 +1,43 @@
-"""Every stage of the demo pipeline runs with the project's own scripts (tiny sizes)."""
+"""Every stage of the demo pipeline runs with the project's own scripts (tiny sizes), writes the
+results and pictures from its own outputs, ships them, and a rerun skips every finished stage."""
 import json
+import xml.etree.ElementTree as ET
 
 from minigrm.demo import reproduce
 from minigrm.resume import latest_checkpoint
 
 
 def test_quick_pipeline_runs_every_stage(tmp_path, capsys):
-    out = tmp_path / "demo"
-    reproduce.main(["--out", str(out), "--quick", "--ship", str(tmp_path / "ship")])
-    for stage in ("rft", "rl", "meta_rm"):
+    out, ship = tmp_path / "demo", tmp_path / "ship"
+    reproduce.main(["--out", str(out), "--quick", "--ship", str(ship)])
+    for stage in ("rft_small", "rl_small", "rft_large", "rl_large", "meta_rm", "ablation_no_rejection"):
         assert latest_checkpoint(out / stage) is not None, stage
-    assert (out / "base" / "tokenizer.json").exists() and (out / "teacher.jsonl").exists()
-    rows = json.loads((out / "eval_rl" / "results.json").read_text())
+    for f in ("teacher.jsonl", "teacher_no_hinted.jsonl", "teacher_hinted_only.jsonl", "teacher_no_principles.jsonl",
+              "base_small/tokenizer.json", "base_large/model.safetensors", "meta_samples/judgments.jsonl"):
+        assert (out / f).exists(), f
+    rows = json.loads((out / "eval_rl_small" / "results.json").read_text())
     assert [r["setting"] for r in rows] == ["Greedy", "Voting@1", "Voting@2", "MetaRM@2"]
-    table = (out / "results.md").read_text()
-    assert table.count("| base |") == 2 and table.count("| rl |") == 4
-    assert "| 1-1 |" in table and '"acceptance_rate"' in table  # the GRPO curve, the RFT rejection stats
+    rejection = json.loads((out / "ablation_no_rejection" / "rejection.json").read_text())
+    assert rejection["accepted"] == rejection["trajectories"]  # --no-rejection keeps every trajectory
+    full = json.loads((out / "rft_small" / "rejection.json").read_text())
+    assert full["accepted"] < full["trajectories"]
+    meta = json.loads((out / "meta_rm" / "meta_data.json").read_text())
+    assert meta["examples"] > 0 and meta["skipped"] > 0  # greedy / hinted judgments are left out
+    md = (out / "results.md").read_text()
+    for heading in ("## 1. SPCT stages", "## 2-3. Inference-time scaling", "## 4. Inference-time scaling vs model "
+                    "size", "## 5. RFT ablations", "w/o rejective sampling", "Wall time per stage", "66.1", "72.8"):
+        assert heading in md, heading
+    assert "| small (" in md and "| large | " in md and "| GRPO - RFT |" in md
+    for svg in ("scaling.svg", "stages.svg"):
+        ET.fromstring((out / svg).read_text())  # well-formed pictures
+    assert "larger GRM greedy" in (out / "scaling.svg").read_text()
+    timings = json.loads((out / "timings.json").read_text())
+    assert {"base", "rft_small", "rl_large", "meta_rm", "eval_rl_small"} <= set(timings)
     for name in ("grm", "meta_rm"):  # shipped: what infer_scale.py runs on by default, no optimizer state
-        assert sorted(p.name for p in (tmp_path / "ship" / name).iterdir()) == [
+        assert sorted(p.name for p in (ship / name).iterdir()) == [
             "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    assert (tmp_path / "ship" / "data" / "test.jsonl").read_text() == (out / "data" / "test.jsonl").read_text()
+    assert (ship / "data" / "test.jsonl").read_text() == (out / "data" / "test.jsonl").read_text()
+    assert (ship / "results.md").read_text() == md
+    capsys.readouterr()
     reproduce.main(["--out", str(out), "--quick"])  # a rerun skips every finished stage
-    assert capsys.readouterr().out.count("done already") == 6
+    assert capsys.readouterr().out.count("done already") == len(timings)

@@ -1,117 +1,160 @@
-"""The demo's synthetic arithmetic reward-modeling task (minigrm/demo/task.py)."""
+"""The demo's task (task.py), its teacher program (teacher.py) and its pretraining text (corpus.py)."""
 import random
+import re
 
 import pytest
 
-from minigrm.data import load_items
-from minigrm.demo import task
+from minigrm import grm
+from minigrm.data import Item, load_items
+from minigrm.demo import corpus, task, teacher
 from minigrm.parser import parse_judgment
 from minigrm.rewards import best_index, is_correct
-from minigrm.voting import permute, shuffled_order, unshuffle
+from minigrm.voting import permute
+
+CAREFUL = teacher.Slips(0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def items_of(kind, n, seed=0):
+    recs = task.make_items(kind, n, seed)
+    return load_items_from(recs, kind)
+
+
+def load_items_from(recs, kind):
+    out = []
+    for i, r in enumerate(recs):
+        if kind == "pair":
+            out.append(Item(i, r["prompt"], [r["chosen"], r["rejected"]], [1, 0], kind, r["subset"]))
+        elif kind == "list":
+            out.append(Item(i, r["prompt"], r["responses"], [int(j == r["best"]) for j in range(len(r["responses"]))],
+                            kind, r["subset"]))
+        else:
+            out.append(Item(i, r["prompt"], [r["response"]], [r["label"]], kind, r["subset"]))
+    return out
 
 
 @pytest.mark.parametrize("kind", task.KINDS)
 def test_make_items_deterministic(kind):
     assert task.make_items(kind, 50, seed=3) == task.make_items(kind, 50, seed=3)
     assert task.make_items(kind, 50, seed=3) != task.make_items(kind, 50, seed=4)
-
-
-def test_unknown_kind_and_difficulty():
     with pytest.raises(ValueError):
         task.make_items("triple", 1, seed=0)
-    with pytest.raises(ValueError):
-        task.make_items("pair", 1, seed=0, difficulty=7)
 
 
-def test_splits_load_and_are_held_out(tmp_path):
-    train_path, test_path = task.write_splits(tmp_path, n_train=300, n_test=90, seed=0)
+def test_the_steps_compute_the_answer():
+    rng = random.Random(0)
+    for _ in range(3000):
+        a, op, b, _ = task.sample_question(rng, None)
+        assert task.steps_value(op, task.solve(a, op, b)) == task.compute(a, op, b)
+    show = lambda a, op, b: ", ".join(task.step_text(op, s) for s in task.solve(a, op, b))  # noqa: E731
+    assert show(473, "+", 296) == "3+6+0=9, 7+9+0=16, 4+2+1=7"
+    assert show(473, "-", 296) == "13-6-0=7, 17-9-1=7, 4-2-1=1"
+    assert show(7, "*", 48) == "7*8+0=56, 7*4+5=33"
+    assert task.lost_carries(473, "+", 296) == 669 and task.lost_carries(473, "-", 296) == 223
+
+
+def test_splits_are_held_out_and_labelled(tmp_path):
+    counts = dict(pair=100, list=100, single=60)
+    train_path, test_path = task.write_splits(tmp_path, counts, dict(pair=30, list=30, single=20), seed=0)
     train, test = load_items(train_path), load_items(test_path)
-    assert len(train) == 300 and len(test) == 90
+    assert len(train) == 260 and len(test) == 80
     for items in (train, test):
         assert {it.kind for it in items} == {"pair", "list", "single"}
         assert {it.subset for it in items} == {"add", "sub", "mul"}
         for it in items:
-            best_index(it.truth)  # a unique best (raises otherwise)
-            if it.kind == "list":
-                assert 3 <= len(it.responses) <= 4 and sum(it.truth) == 1
-            assert len(set(it.responses)) == len(it.responses)
-    triples = lambda items: {task.parse_question(it.prompt) for it in items}
-    assert not triples(train) & triples(test)
-    assert all(task.is_test(*t) for t in triples(test))
-    assert not any(task.is_test(*t) for t in triples(train))
-    assert task.write_splits(tmp_path / "again", n_train=300, n_test=90, seed=0)  # same content
+            a, op, b, instruction = task.parse_question(it.prompt)
+            good = [task.parse_response(r)[0] == task.compute(a, op, b) and task.is_best_form(instruction,
+                    task.parse_response(r)[1]) for r in it.responses]
+            if it.kind == "single":
+                assert good == [bool(it.truth[0])]
+            else:
+                assert good == [t == 1 for t in it.truth] and best_index(it.truth) >= 0
+                assert len(set(it.responses)) == len(it.responses) and 2 <= len(it.responses) <= 4
+    triples = lambda items: {task.parse_question(it.prompt)[:3] for it in items}  # noqa: E731
+    assert not triples(train) & triples(test) and all(task.is_test(*t) for t in triples(test))
+    task.write_splits(tmp_path / "again", counts, dict(pair=30, list=30, single=20), seed=0)
     assert (tmp_path / "again" / "train.jsonl").read_text() == train_path.read_text()
 
 
-@pytest.mark.parametrize("difficulty", [1, 2, 3])
-def test_answers_are_right_or_wrong_as_labelled(difficulty):
-    for kind in task.KINDS:
-        for rec in task.make_items(kind, 200, seed=1, difficulty=difficulty):
-            v = task.true_answer(rec["prompt"])
-            if kind == "pair":
-                assert task.parse_answer(rec["chosen"]) == v != task.parse_answer(rec["rejected"])
-            elif kind == "list":
-                got = [task.parse_answer(r) == v for r in rec["responses"]]
-                assert got == [i == rec["best"] for i in range(len(got))]
-            else:
-                assert (task.parse_answer(rec["response"]) == v) == bool(rec["label"])
+def test_wrong_answers_and_forms():
+    v = task.compute(473, "+", 296)
+    wrong = task.wrong_answers(473, "+", 296)
+    assert v not in wrong and all(w > 0 for w in wrong) and {669, 759, 779, 796} <= set(wrong)
+    assert task.parse_response("473 + 296 = 769") == (769, "equation")
+    assert task.parse_response("The answer is 769.") == (769, "sentence")
+    assert task.parse_response("769") == (769, "number") and task.parse_response("no idea")[0] is None
+    assert task.form_points("Show the equation.", "equation") == 2 and task.form_points("Show the equation.", "number") == 0
+    assert [task.form_points(None, f) for f in task.FORMS] == [2, 1, 0]
+    assert task.parse_question("What is 7 * 48? Give only the number.") == (7, "*", 48, "Give only the number.")
 
 
-def test_wrong_answers_are_plausible():
-    assert task.true_answer("What is 47 + 38?") == 85
-    assert task.true_answer("What is 83 - 29?") == 54
-    assert task.true_answer("What is 9 * 7?") == 63
-    wrong = task.wrong_answers(47, "+", 38)
-    assert {84, 86, 75, 95, 58} <= set(wrong)  # off by 1 / 10 (75 is also the lost carry), swap 58
-    assert 64 in task.wrong_answers(83, "-", 29)  # borrow lost: |3-9| = 6, 8-2 = 6
-    assert 85 not in wrong and all(w >= 0 for w in wrong)
-    assert task.parse_answer("47 + 38 = 85.") == 85
-    assert task.parse_answer("It is 85") == 85
-    assert task.parse_answer("no idea") is None
-
-
-def test_teacher_judgment_is_valid_and_correct_under_shuffles():
+def test_a_careful_teacher_is_always_right_in_the_papers_format():
     rng = random.Random(0)
-    seen_scores = set()
-    for kind in ("pair", "list"):
-        for k, rec in enumerate(task.make_items(kind, 300, seed=5)):
-            responses = [rec["chosen"], rec["rejected"]] if kind == "pair" else rec["responses"]
-            truth = [1, 0] if kind == "pair" else [int(i == rec["best"]) for i in range(len(responses))]
-            order = shuffled_order(len(responses), seed=rng.random())
-            shown = permute(responses, order)
-            text = task.teacher_judgment(rec["prompt"], shown)
-            j = parse_judgment(text, len(shown))
-            assert j.valid, (text, j.reason)
-            assert is_correct(j.scores, permute(truth, order))
-            assert is_correct(unshuffle(j.scores, order), truth)
-            assert [p.weight for p in j.principles] == [0.8, 0.2]
-            assert j.analysis.count("- Response") == len(shown)
-            assert len(text.split()) < 60, text
-            seen_scores.update(j.scores)
+    for kind in task.KINDS:
+        for it in items_of(kind, 150, seed=5):
+            order = grm.order(it, 0, 0)
+            shown = permute(it.responses, order)
+            binary = kind == "single"
+            text = teacher.judgment(it.prompt, shown, rng, CAREFUL, binary=binary)
             lines = text.split("\n")
-            assert len(lines) == 3 and lines[0].startswith("Specific Criteria: ")
-            assert lines[1].startswith("Analysis: ") and lines[2].startswith("Scores: \\boxed{")
-    assert {1, 2, 3, 8, 9, 10} <= seen_scores and not seen_scores & {4, 5, 6, 7}
+            assert [line.split(":")[0] for line in lines] == ["Specific Criteria", "Analysis", "Scores"]
+            j = parse_judgment(text, len(shown), *((0, 1) if binary else (1, 10)))
+            assert j.valid and [p.weight for p in j.principles] == [0.8, 0.2]
+            assert is_correct(j.scores, permute(it.truth, order)), text
+            assert grm.judge(it, order, text, training=binary).correct
+            a, op, b, _ = task.parse_question(it.prompt)
+            assert corpus.worked(a, op, b)[:-1] in lines[1]  # the critique shows the pretraining's computation
+            bare = teacher.judgment(it.prompt, shown, random.Random(1), CAREFUL, binary=binary, principles=False)
+            assert bare == "\n".join(lines[1:])  # "w/o principles": the same judgment, no Specific Criteria
 
 
-def test_teacher_single_response_formats():
-    for rec in task.make_items("single", 200, seed=2):
-        one = parse_judgment(task.teacher_judgment(rec["prompt"], [rec["response"]]), 1)
-        assert one.valid and (one.scores[0] >= 8) == bool(rec["label"])
-        text = task.teacher_judgment_binary(rec["prompt"], rec["response"])
-        binary = parse_judgment(text, 1, lo=0, hi=1)
-        assert binary.valid and is_correct(binary.scores, [rec["label"]])
-        assert text.endswith("\\boxed{1}" if rec["label"] else "\\boxed{0}")
-    assert task.teacher_judgment_binary("What is 2 + 3?", "no idea").endswith("\\boxed{0}")
+def marked_right(text: str) -> tuple[int, set[int]]:
+    """(the value the computation reached, the values of the responses the notes call right)."""
+    value = int(re.search(r"; so (\d+)\.", text).group(1))
+    return value, {int(x) for x in re.findall(r"Response \d+: (\d+), right", text)}
 
 
-def test_pretraining_corpus():
-    corpus = task.pretraining_corpus(2000, seed=0)
-    assert corpus == task.pretraining_corpus(2000, seed=0) and len(corpus) == 2000
-    assert len(set(corpus)) > 1000
-    for text in corpus:
-        assert "\\boxed" not in text and "Specific Criteria" not in text and "Scores:" not in text
-        assert "Analysis" not in text
-    test_triples = {t for t in (task.sample_triple(random.Random(i), split="test") for i in range(200))}
-    numbers = lambda t: f"{t[0]} {t[1]} {t[2]} ="
-    assert not any(numbers(t) in text for t in test_triples for text in corpus[:300])
+def test_the_teachers_mistakes_are_varied_and_visible():
+    items = items_of("pair", 300, seed=7) + items_of("list", 300, seed=7)
+    for i, it in enumerate(items):
+        it.id = i
+    recs = teacher.trajectories(items, seed=0, hinted_share=1.0)
+    graded = [(r, grm.judge(items[int(r["item"])], r["order"], r["text"], training=True).correct) for r in recs]
+    plain = [c for r, c in graded if not r["hinted"]]
+    hinted = [c for r, c in graded if r["hinted"]]
+    assert 0.6 < sum(plain) / len(plain) < 0.85  # rejective sampling has something to reject
+    assert sum(hinted) / len(hinted) > sum(plain) / len(plain) + 0.1  # the hint helps
+    per_item = [sum(c for r, c in graded[4 * i:4 * i + 3]) for i in range(len(items))]
+    assert {0, 1, 2, 3} <= set(per_item)  # some items too easy (3/3), some wrong every time (0/3)
+    shortcuts = [r for r, c in graded if r["hinted"] and c and marked_right(r["text"])[1] - {marked_right(r["text"])[0]}]
+    assert len(shortcuts) > 10  # right by the hint, not by the computation the text shows
+    wrong = [r["text"] for r, c in graded if not c]
+    assert sum(task.compute(*task.parse_question(items[int(r["item"])].prompt)[:3]) != marked_right(r["text"])[0]
+               for r, c in graded if not c) > len(wrong) / 2  # most errors are in the computation shown
+
+
+def test_trajectory_plan():
+    items = items_of("pair", 40) + items_of("single", 10)
+    for i, it in enumerate(items):
+        it.id = i
+    recs = teacher.trajectories(items, seed=0, hinted_share=0.5)
+    assert recs == teacher.trajectories(items, seed=0, hinted_share=0.5)
+    per = {}
+    for r in recs:
+        per.setdefault(r["item"], []).append((r["sample"], r["hinted"]))
+    assert all(v[:3] == [(0, False), (1, False), (2, False)] for v in per.values())
+    hinted = {k for k, v in per.items() if (3, True) in v}
+    assert 10 < len(hinted) < 30 and not hinted & {str(i) for i in range(40, 50)}  # singles never hinted
+    only = teacher.trajectories(items, seed=0, hinted_share=1.0, non_hinted=False)
+    assert {(r["sample"], r["hinted"]) for r in only} == {(3, True)} and len(only) == 40
+
+
+def test_pretraining_corpus_has_no_grm_format():
+    texts = corpus.pretraining_corpus(3000, seed=0)
+    assert texts == corpus.pretraining_corpus(3000, seed=0) and len(set(texts)) > 2500
+    for text in texts:
+        for marker in ("Specific Criteria", "Analysis", "Scores", "\\boxed", "Response", ", right", ", wrong,"):
+            assert marker not in text, (marker, text)
+    assert corpus.worked(473, "+", 296) == ("473 + 296: ones 3 6, tens 7 9, hundreds 4 2; ones 3+6+0=9, "
+                                            "tens 7+9+0=16, hundreds 4+2+1=7; so 769.")
+    heldout = {task.sample_question(random.Random(i), "test")[:3] for i in range(300)}
+    assert not any(f"{a} {op} {b}" in text for a, op, b in heldout for text in texts[:500])

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..checkpoint import save_model
 from ..config import ModelConfig
@@ -53,7 +53,9 @@ def train_tokenizer(texts, vocab_size: int, folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # one token per digit (with the space before it): arithmetic a small model can learn digit by digit
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" ?[0-9]"), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -84,9 +86,12 @@ def packed_rows(token_lists: list[list[int]], seq_len: int, eot: int) -> torch.T
     return torch.tensor(stream[:n * (seq_len + 1)]).view(n, seq_len + 1)
 
 
-def pretrain(folder, texts, steps: int, batch_size: int = 16, seq_len: int = 256, lr: float = 2e-3,
-             seed: int = 0, log=print, **config_kw) -> Path:
-    """Train a tiny Llama from scratch on `texts` with the tokenizer already in `folder`."""
+def pretrain(folder, texts, steps: int, batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3,
+             seed: int = 0, log=print, save_every: int = 200, **config_kw) -> Path:
+    """Train a tiny Llama from scratch on `texts` with the tokenizer already in `folder`. Every
+    `save_every` steps the model, optimizer, step and batch generator go to
+    <folder>/pretrain_state.pt (tensors only, written then renamed), and a call on a folder that
+    holds one continues from it: an interrupted pretraining resumes where it stopped."""
     folder = Path(folder)
     torch.manual_seed(seed)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -99,8 +104,16 @@ def pretrain(folder, texts, steps: int, batch_size: int = 16, seq_len: int = 256
     rows = packed_rows([e.ids for e in tok.encode_batch(texts)], seq_len, eot)
     opt = make_optimizer(model, lr, weight_decay=0.1)
     g = torch.Generator().manual_seed(seed)
+    state_path, start = folder / "pretrain_state.pt", 0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        start = int(state["step"])
+        log(f"pretrain: resuming at step {start}")
     t0 = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         batch = rows[torch.randint(len(rows), (batch_size,), generator=g)]
         set_lr(opt, lr_at(step, lr, warmup_steps=max(1, steps // 20), total_steps=steps))
         logits = model(batch[:, :-1])
@@ -111,13 +124,19 @@ def pretrain(folder, texts, steps: int, batch_size: int = 16, seq_len: int = 256
         opt.step()
         if step % 50 == 0 or step == steps - 1:
             log(f"pretrain step {step:5d} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % save_every == 0 and step + 1 < steps:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
+                        "generator": g.get_state()}, state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+            log(f"pretrain: saved the state at step {step + 1}")
     model.config.raw = raw
     save_model(model.eval(), folder)
+    state_path.unlink(missing_ok=True)
     return folder
 
 
 def main(argv=None):
-    from .task import pretraining_corpus
+    from .corpus import pretraining_corpus
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/demo/base", help="HF folder to write")

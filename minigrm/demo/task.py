@@ -1,28 +1,31 @@
-"""The demo's synthetic reward-modeling task: judging answers to small arithmetic questions.
+"""The demo's synthetic reward-modeling task: judging answers to three-digit arithmetic questions.
 
-Like nanoGPT's shakespeare_char, it is small enough for a few-million-parameter model trained on
-a CPU, yet a real verifiable task: a query is "What is 47 + 38?", responses are short answers in
-a few phrasings ("47 + 38 = 85.", "The answer is 85.", "It is 85"), right or *subtly* wrong
-(off by 1 or 10, two digits swapped, a lost carry or borrow, one operand off by one in a
-product), so a judge must actually check the arithmetic.
+Like nanoGPT's shakespeare_char, it is small enough for a model of a few million parameters
+trained on a CPU, yet a real verifiable reward-modeling task with two criteria, as in the paper's
+general prompt (correctness, and adherence to the query's instruction):
 
-- `make_items(kind, n, seed, difficulty=2, split="train")`: items in minigrm's JSONL shapes
-  (GRM_SPEC §7): kind "pair" {"prompt","chosen","rejected","subset"}, "list" {"prompt",
-  "responses", "best"} (3-4 responses, exactly one correct, best 0-based), "single" {"prompt",
-  "response", "label"}. Subsets are "add", "sub", "mul". Deterministic given the seed.
-- `write_splits(out_dir, n_train, n_test, seed=0, difficulty=2)`: train.jsonl and test.jsonl,
-  each a mix of the three shapes. Held out: a question (a, op, b) belongs to the test split iff
-  a stable hash of the triple says so (`is_test`), so no test question is ever seen in training.
-- `teacher_judgment(question, responses)`: the paper's three-line output (Specific Criteria /
-  Analysis / Scores: \\boxed{...}); correct answers score 8-10 and wrong ones 1-3, plus a clarity
-  bonus by phrasing (equation 2, full sentence 1, terse 0). `teacher_judgment_binary` is the
-  same for `prompts.single_response_prompt`, ending in \\boxed{1} or \\boxed{0}.
-- `pretraining_corpus(n, seed, difficulty=2)`: plain texts (facts, Q/A, short critiques) on
-  training questions only, without the GRM template or the judgment format, which the base
-  model learns only in rejective fine-tuning, as in the paper.
+- a query is "What is 473 + 296?", "What is 812 - 359? Show the equation." or
+  "What is 7 * 48? Give only the number." (three-digit + and -, one digit x two digits);
+- a response states a value in one of three forms: the equation ("473 + 296 = 769"), a sentence
+  ("The answer is 769.") or the bare number ("769"); values are right or subtly wrong (a lost
+  carry or borrow, one digit off by one, two digits swapped, off by ten or a hundred);
+- the labelled best response has the right value in the form the query asks for; a distractor
+  is a wrong value, or (when the query asks for a form) the right value in another form.
 
-Difficulty (open): 1 = one-digit operands; 2 = two-digit + and -, one-digit x up-to-two-digit *;
-3 = three-digit + and -, one-digit x up-to-three-digit *. Subtraction keeps a > b (no negatives).
+Contract:
+- `make_items(kind, n, seed, split)`: items in minigrm's JSONL shapes (GRM_SPEC §7): "pair"
+  {"prompt","chosen","rejected","subset"}, "list" {"prompt","responses","best","subset"} (3-4
+  responses, one best, 0-based), "single" {"prompt","response","label","subset"}; label 1 iff the
+  response is right AND in an allowed form. Subsets "add", "sub", "mul". Deterministic per seed.
+- `write_splits(out_dir, train, test, seed)`: train.jsonl / test.jsonl with the given number of
+  items per kind; a question (a, op, b) belongs to the test split iff a stable hash of the
+  triple says so (`is_test`), so no held-out question is ever trained on.
+- `solve(a, op, b)`: the digit-by-digit computation, one step per digit from the right (digit +
+  digit + carry in: "3+6+0=9, 7+9+0=16, 4+2+1=7" for 473 + 296; a borrow is written "13-6-0=7";
+  a product step "7*8+0=56"); `work_text` writes it as the critique and the pretraining text do,
+  with the operands' digits listed by place first, so that each step finds its digits by the
+  place's name rather than by counting positions (which a model this small does not learn in its
+  budget); `parse_response`, `form_points`.
 """
 import hashlib
 import random
@@ -32,24 +35,13 @@ from pathlib import Path
 from ..data import write_jsonl
 
 OPS = {"+": "add", "-": "sub", "*": "mul"}
-OP_WORDS = {"+": ("sum", "plus"), "-": ("difference", "minus"), "*": ("product", "times")}
-TEST_FRACTION = 0.2
 KINDS = ("pair", "list", "single")
-# Response phrasings and their clarity (0..2), which sets the score within a band.
-PHRASINGS = [("{a} {op} {b} = {x}.", 2), ("{a} {op} {b} = {x}", 2), ("The answer is {x}.", 1),
-             ("{x}.", 1), ("It is {x}", 0), ("{x}", 0)]
-CLARITY_NOTES = {2: "shown", 1: "plain", 0: "terse"}  # the equation shown / a sentence / bare
-_QUESTION = re.compile(r"What is (\d+) ([+*-]) (\d+)\?")
+FORMS = ("equation", "sentence", "number")
+# The query's instruction (None: any form; the clearer the better) and the form it asks for.
+INSTRUCTIONS = {None: None, "Show the equation.": "equation", "Give only the number.": "number"}
+TEST_FRACTION = 0.2
+_QUESTION = re.compile(r"What is (\d+) ([+*-]) (\d+)\?(?: (.+))?$")
 _NUMBER = re.compile(r"\d+")
-
-
-def _ranges(op: str, difficulty: int) -> tuple[range, range]:
-    if difficulty not in (1, 2, 3):
-        raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty!r}")
-    if op == "*":
-        return range(2, 10), [range(2, 10), range(2, 100), range(2, 1000)][difficulty - 1]
-    r = [range(1, 10), range(10, 100), range(100, 1000)][difficulty - 1]
-    return r, r
 
 
 def compute(a: int, op: str, b: int) -> int:
@@ -62,177 +54,201 @@ def is_test(a: int, op: str, b: int) -> bool:
     return h % 1000 < TEST_FRACTION * 1000
 
 
-def question_text(a: int, op: str, b: int) -> str:
-    return f"What is {a} {op} {b}?"
-
-
-def sample_triple(rng: random.Random, difficulty: int = 2, split: str | None = "train") -> tuple[int, str, int]:
-    """A random (a, op, b) of the split ("train", "test", or None for either)."""
+def sample_question(rng: random.Random, split: str | None = "train") -> tuple[int, str, int, str | None]:
+    """A random (a, op, b, instruction) of the split ("train", "test", or None for either)."""
     while True:
         op = rng.choice("+-*")
-        ra, rb = _ranges(op, difficulty)
-        a, b = rng.choice(ra), rng.choice(rb)
+        a, b = (rng.randrange(2, 10), rng.randrange(10, 100)) if op == "*" else \
+            (rng.randrange(100, 1000), rng.randrange(100, 1000))
         if op == "-" and a <= b:
+            a, b = b, a
+        if a == b or (split is not None and is_test(a, op, b) != (split == "test")):
             continue
-        if split is None or is_test(a, op, b) == (split == "test"):
-            return a, op, b
+        return a, op, b, rng.choice(list(INSTRUCTIONS))
 
 
-def parse_question(question) -> tuple[int, str, int]:
-    """(a, op, b) of "What is a op b?" (a string, or messages whose last turn holds it)."""
+def question_text(a: int, op: str, b: int, instruction: str | None = None) -> str:
+    return f"What is {a} {op} {b}?" + (f" {instruction}" if instruction else "")
+
+
+def parse_question(question) -> tuple[int, str, int, str | None]:
+    """(a, op, b, instruction) of a query (a string, or messages whose last turn holds it)."""
     if isinstance(question, list):
         question = question[-1]["content"]
-    m = _QUESTION.search(question)
-    if not m:
+    m = _QUESTION.search(question.strip())
+    if not m or m.group(4) not in INSTRUCTIONS:
         raise ValueError(f"not an arithmetic question: {question!r:.80}")
-    return int(m.group(1)), m.group(2), int(m.group(3))
+    return int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
 
 
 def true_answer(question) -> int:
-    return compute(*parse_question(question))
+    a, op, b, _ = parse_question(question)
+    return compute(a, op, b)
 
 
-def parse_answer(response: str) -> int | None:
-    """The response's answer: its last integer (None when it has none)."""
+def response_text(a: int, op: str, b: int, value: int, form: str) -> str:
+    if form == "equation":
+        return f"{a} {op} {b} = {value}"
+    return f"The answer is {value}." if form == "sentence" else str(value)
+
+
+def parse_response(response: str) -> tuple[int | None, str]:
+    """(the stated value: the last integer, or None; its form)."""
     found = _NUMBER.findall(response)
-    return int(found[-1]) if found else None
+    form = "equation" if "=" in response else "number" if response.strip().isdigit() else "sentence"
+    return (int(found[-1]) if found else None), form
 
 
-def clarity(response: str) -> int:
-    """2 when the response writes the equation, 1 for a sentence ending in '.', else 0."""
-    return 2 if "=" in response else 1 if response.rstrip().endswith(".") else 0
+def form_points(instruction: str | None, form: str) -> int:
+    """The second criterion, 0..2: with an instruction, 2 if the form is the one asked for, else 0;
+    without one, clarity: the equation 2, a sentence 1, the bare number 0."""
+    asked = INSTRUCTIONS[instruction]
+    if asked is not None:
+        return 2 if form == asked else 0
+    return {"equation": 2, "sentence": 1, "number": 0}[form]
+
+
+def is_best_form(instruction: str | None, form: str) -> bool:
+    return INSTRUCTIONS[instruction] in (None, form)
+
+
+def _digits(n: int, width: int) -> list[int]:
+    return [(n // 10 ** i) % 10 for i in range(width)]  # least significant first
+
+
+def operand_digits(a: int, op: str, b: int) -> list[tuple[int, int]]:
+    """The (x, y) digit pairs the steps work on, units first (a product: x is the 1-digit factor)."""
+    if op == "*":
+        return [(a, y) for y in _digits(b, len(str(b)))]
+    return list(zip(_digits(a, len(str(a))), _digits(b, len(str(a)))))
+
+
+def step(op: str, x: int, y: int, c: int) -> tuple[int, int, int, int]:
+    """One written step (x as written, y, carry or borrow in, result): x + y + c; x * y + c;
+    for subtraction the top digit is written with a borrow (x + 10) when it is needed."""
+    if op == "+":
+        return x, y, c, x + y + c
+    if op == "*":
+        return x, y, c, x * y + c
+    xw = x + 10 if x - y - c < 0 else x
+    return xw, y, c, xw - y - c
+
+
+def carry_out(op: str, s: tuple[int, int, int, int]) -> int:
+    """The carry (or borrow) a written step passes to the next digit."""
+    return int(s[0] >= 10) if op == "-" else s[3] // 10
+
+
+def step_text(op: str, s: tuple[int, int, int, int]) -> str:
+    x, y, c, r = s
+    return f"{x}*{y}+{c}={r}" if op == "*" else f"{x}{op}{y}{'+' if op == '+' else '-'}{c}={r}"
+
+
+PLACES = ("ones", "tens", "hundreds", "thousands")
+
+
+def work_text(a: int, op: str, b: int, steps) -> str:
+    """The computation as the judge writes it: the operands, their digits by place (so each step
+    finds its digits by the place's name), the steps, the answer the steps spell:
+    "473 + 296: ones 3 6, tens 7 9, hundreds 4 2; ones 3+6+0=9, tens 7+9+0=16, hundreds 4+2+1=7; so 769"."""
+    pairs = ", ".join(f"{p} {x} {y}" for p, (x, y) in zip(PLACES, operand_digits(a, op, b)))
+    done = ", ".join(f"{p} {step_text(op, s)}" for p, s in zip(PLACES, steps))
+    return f"{a} {op} {b}: {pairs}; {done}; so {steps_value(op, steps)}"
+
+
+def steps_value(op: str, steps) -> int:
+    """The answer the written steps spell: each step's units digit, the last step's whole result
+    (subtraction: units digits only, leading zeros dropped)."""
+    if op == "-":
+        return int("".join(str(s[3] % 10) for s in reversed(steps)))
+    value = steps[-1][3]
+    for s in reversed(steps[:-1]):
+        value = value * 10 + s[3] % 10
+    return value
+
+
+def solve(a: int, op: str, b: int) -> list[tuple[int, int, int, int]]:
+    """The computation's written steps, units first: "3+6+0=9, 7+9+0=16, 4+2+1=7" for 473 + 296,
+    "13-6-0=7, 17-9-1=7, 4-2-1=1" for 473 - 296, "7*8+0=56, 7*4+5=33" for 7 * 48."""
+    steps, c = [], 0
+    for x, y in operand_digits(a, op, b):
+        steps.append(step(op, x, y, c))
+        c = carry_out(op, steps[-1])
+    return steps
+
+
+def lost_carries(a: int, op: str, b: int) -> int:
+    """The classic mistake: every carry (borrow) forgotten; a borrow becomes |x - y|."""
+    steps = [(x, y, 0, abs(x - y) if op == "-" else step(op, x, y, 0)[3]) for x, y in operand_digits(a, op, b)]
+    return steps_value(op, steps)
 
 
 def wrong_answers(a: int, op: str, b: int) -> list[int]:
-    """Plausible mistakes (distinct, non-negative, never the true value), in a fixed order."""
+    """Plausible mistakes (distinct, positive, never the true value), in a fixed order."""
     v = compute(a, op, b)
-    cands = [v + 1, v - 1, v + 10, v - 10]
     s = str(v)
+    cands = [lost_carries(a, op, b)]
+    for i in range(len(s)):  # one digit off by one
+        for d in (-1, 1):
+            cands.append(int(s[:i] + str((int(s[i]) + d) % 10) + s[i + 1:]))
     for i in range(len(s) - 1):  # two adjacent digits swapped
-        t = s[:i] + s[i + 1] + s[i] + s[i + 2:]
-        if t[0] != "0":
-            cands.append(int(t))
-    if op in "+-":  # carry / borrow lost: digit-wise without carrying
-        da, db = str(a)[::-1], str(b)[::-1]
-        digits = []
-        for i in range(max(len(da), len(db))):
-            x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
-            digits.append((x + y) % 10 if op == "+" else abs(x - y))
-        cands.append(int("".join(map(str, digits[::-1]))))
-    else:  # one operand off by one
-        cands += [a * (b + 1), a * (b - 1), (a + 1) * b, (a - 1) * b]
+        cands.append(int(s[:i] + s[i + 1] + s[i] + s[i + 2:]))
+    cands += [v + 10, v - 10, v + 100, v - 100]
     out = []
     for c in cands:
-        if c >= 0 and c != v and c not in out:
+        if c > 0 and c != v and c not in out and len(str(c)) >= len(s) - 1:
             out.append(c)
     return out
 
 
-def response_text(a: int, op: str, b: int, x: int, rng: random.Random) -> str:
-    template, _ = rng.choice(PHRASINGS)
-    return template.format(a=a, op=op, b=b, x=x)
+def _responses(rng, a, op, b, instruction, n_wrong: int, right_wrong_form: bool):
+    """(best response, distractors): the right value in a best form, n_wrong wrong values in any
+    form, plus (right_wrong_form, only with an instruction) the right value in a form not asked for."""
+    v, asked = compute(a, op, b), INSTRUCTIONS[instruction]
+    best = response_text(a, op, b, v, asked or rng.choice(FORMS))
+    # wrong values mostly look right: in the form asked for (7 in 10), so the form alone rarely tells
+    forms = [asked if asked and rng.random() < 0.7 else rng.choice(FORMS) for _ in range(n_wrong)]
+    wrong = [response_text(a, op, b, w, f) for w, f in zip(rng.sample(wrong_answers(a, op, b), n_wrong), forms)]
+    if right_wrong_form and asked is not None:
+        wrong[0] = response_text(a, op, b, v, rng.choice([f for f in FORMS if f != asked]))
+    return best, wrong
 
 
-def _responses(rng, a, op, b, n_wrong):
-    v = compute(a, op, b)
-    wrong = rng.sample(wrong_answers(a, op, b), n_wrong)
-    return response_text(a, op, b, v, rng), [response_text(a, op, b, w, rng) for w in wrong]
-
-
-def make_item(kind: str, rng: random.Random, difficulty: int = 2, split: str | None = "train") -> dict:
-    a, op, b = sample_triple(rng, difficulty, split)
-    base = {"prompt": question_text(a, op, b)}
+def make_item(kind: str, rng: random.Random, split: str | None = "train") -> dict:
+    a, op, b, instruction = sample_question(rng, split)
+    base = {"prompt": question_text(a, op, b, instruction), "subset": OPS[op]}
     if kind == "pair":
-        right, (wrong,) = _responses(rng, a, op, b, 1)
-        return {**base, "chosen": right, "rejected": wrong, "subset": OPS[op]}
+        best, (other,) = _responses(rng, a, op, b, instruction, 1, rng.random() < 0.2)
+        return {**base, "chosen": best, "rejected": other}
     if kind == "list":
-        right, wrong = _responses(rng, a, op, b, rng.choice((2, 3)))
-        best = rng.randrange(len(wrong) + 1)
-        return {**base, "responses": wrong[:best] + [right] + wrong[best:], "best": best, "subset": OPS[op]}
+        best, others = _responses(rng, a, op, b, instruction, rng.choice((2, 3)), rng.random() < 0.4)
+        j = rng.randrange(len(others) + 1)
+        return {**base, "responses": others[:j] + [best] + others[j:], "best": j}
     if kind == "single":
-        right, (wrong,) = _responses(rng, a, op, b, 1)
+        best, (other,) = _responses(rng, a, op, b, instruction, 1, rng.random() < 0.2)
         label = rng.randrange(2)
-        return {**base, "response": right if label else wrong, "label": label, "subset": OPS[op]}
+        return {**base, "response": best if label else other, "label": label}
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def make_items(kind: str, n: int, seed: int, difficulty: int = 2, split: str | None = "train") -> list[dict]:
+def make_items(kind: str, n: int, seed: int, split: str | None = "train") -> list[dict]:
     """n items of one shape ("pair", "list" or "single"), deterministic given the seed."""
-    rng = random.Random(f"{kind}-{seed}-{difficulty}-{split}")
-    return [make_item(kind, rng, difficulty, split) for _ in range(n)]
+    rng = random.Random(f"{kind}-{seed}-{split}")
+    return [make_item(kind, rng, split) for _ in range(n)]
 
 
-def _mixed(n: int, seed: int, difficulty: int, split: str) -> list[dict]:
-    counts = [n // 3 + (i < n % 3) for i in range(3)]
-    items = [it for kind, k in zip(KINDS, counts) for it in make_items(kind, k, seed, difficulty, split)]
+def mixed(counts: dict, seed: int, split: str) -> list[dict]:
+    """counts {kind: n} of one split, shuffled together, with ids "<split>-<i>"."""
+    items = [it for kind in KINDS for it in make_items(kind, counts.get(kind, 0), seed, split)]
     random.Random(f"mix-{seed}-{split}").shuffle(items)
     return [{"id": f"{split}-{i}", **it} for i, it in enumerate(items)]
 
 
-def write_splits(out_dir, n_train: int = 3000, n_test: int = 300, seed: int = 0,
-                 difficulty: int = 2) -> tuple[Path, Path]:
-    """Write train.jsonl and test.jsonl (mixes of all shapes; disjoint questions); return paths."""
+def write_splits(out_dir, train: dict, test: dict, seed: int = 0) -> tuple[Path, Path]:
+    """Write train.jsonl and test.jsonl ({kind: count} each; disjoint questions); return paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = out / "train.jsonl", out / "test.jsonl"
-    write_jsonl(train, _mixed(n_train, seed, difficulty, "train"))
-    write_jsonl(test, _mixed(n_test, seed, difficulty, "test"))
-    return train, test
-
-
-def _criteria_line(op: str) -> str:
-    return (f"Specific Criteria: 1. Correctness (Weight: 80%): the answer is the exact "
-            f"{OP_WORDS[op][0]}. 2. Clarity (Weight: 20%): stated plainly.")
-
-
-def _verdict(response: str, v: int) -> tuple[str, int]:
-    """(critique of one response, its score): correct 8-10, wrong 1-3, by clarity."""
-    x, c = parse_answer(response), clarity(response)
-    if x is None:
-        return "gives no number, wrong", 1
-    ok = x == v
-    return f"says {x}, {'correct' if ok else 'wrong'}, {CLARITY_NOTES[c]}", (8 if ok else 1) + c
-
-
-def teacher_judgment(question, responses: list[str]) -> str:
-    """The reference judgment for the GRM prompt, scores in the order the responses are shown."""
-    a, op, b = parse_question(question)
-    v = compute(a, op, b)
-    verdicts = [_verdict(r, v) for r in responses]
-    analysis = " ".join(f"- Response {i}: {text}." for i, (text, _) in enumerate(verdicts, start=1))
-    scores = ", ".join(str(s) for _, s in verdicts)
-    return (f"{_criteria_line(op)}\nAnalysis: {a} {op} {b} = {v}. {analysis}\n"
-            f"Scores: \\boxed{{{scores}}}")
-
-
-def teacher_judgment_binary(question, response: str) -> str:
-    """The reference judgment for `prompts.single_response_prompt`: \\boxed{1} iff correct."""
-    a, op, b = parse_question(question)
-    v = compute(a, op, b)
-    x = parse_answer(response)
-    ok = x == v
-    said = "gives no number" if x is None else f"says {x}"
-    return (f"{_criteria_line(op)}\nAnalysis: {a} {op} {b} = {v}. The response {said}, "
-            f"{'correct' if ok else 'wrong'}.\nScores: \\boxed{{{int(ok)}}}")
-
-
-def pretraining_corpus(n: int, seed: int, difficulty: int = 2) -> list[str]:
-    """n plain texts about training questions only (facts, Q/A, critiques); no GRM format."""
-    rng = random.Random(f"corpus-{seed}-{difficulty}")
-    texts = []
-    for _ in range(n):
-        a, op, b = sample_triple(rng, difficulty, "train")
-        v = compute(a, op, b)
-        w = rng.choice(wrong_answers(a, op, b))
-        word = OP_WORDS[op][1]
-        texts.append(rng.choice([
-            f"{a} {op} {b} = {v}",
-            f"Q: What is {a} {op} {b}? A: {v}",
-            f"{a} {word} {b} is {v}.",
-            f"The {OP_WORDS[op][0]} of {a} and {b} is {v}.",
-            f"{a} {op} {b} = {v}, so {w} is wrong.",
-            f"{a} {op} {b} = {v}, so {v} is correct.",
-            f"Q: What is {a} {op} {b}? A: {response_text(a, op, b, v, rng)}",
-            f"Someone said {a} {op} {b} = {w}, but {a} {op} {b} = {v}.",
-        ]))
-    return texts
+    paths = out / "train.jsonl", out / "test.jsonl"
+    for path, counts, split in zip(paths, (train, test), ("train", "test")):
+        write_jsonl(path, mixed(counts, seed, split))
+    return paths

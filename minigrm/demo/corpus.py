@@ -1,0 +1,49 @@
+"""The demo base model's pretraining text: plain arithmetic language, never a GRM judgment.
+
+The paper fine-tunes *pretrained base* models: they know arithmetic and how to check an answer,
+but have never seen the GRM prompt or its three-line output, which rejective fine-tuning teaches
+(GRM_SPEC §4). This corpus gives the demo's base that knowledge on training questions only
+(`task.sample_question(split="train")`): worked digit-by-digit computations in the notation the
+critique uses, plain facts, answers in each form, and checks of wrong answers. It holds no
+"Specific Criteria", "Analysis:", "Scores:", "Response 1", \\boxed{} or verdict line ("right,
+equation"), which tests/test_demo_task.py pins.
+
+`pretraining_corpus(n, seed)` -> n short texts, deterministic given the seed.
+"""
+import random
+
+from .task import compute, question_text, response_text, sample_question, solve, work_text, wrong_answers
+
+OP_WORDS = {"+": ("sum", "plus"), "-": ("difference", "minus"), "*": ("product", "times")}
+
+
+def worked(a: int, op: str, b: int) -> str:
+    """task.work_text of the right computation, e.g. "473 + 296: ones 3 6, tens 7 9, hundreds 4 2;
+    ones 3+6+0=9, tens 7+9+0=16, hundreds 4+2+1=7; so 769."."""
+    return work_text(a, op, b, solve(a, op, b)) + "."
+
+
+def pretraining_corpus(n: int, seed: int) -> list[str]:
+    """n plain texts about training questions (70% of them worked computations)."""
+    rng = random.Random(f"corpus-{seed}")
+    texts = []
+    for _ in range(n):
+        a, op, b, instruction = sample_question(rng, "train")
+        v, w = compute(a, op, b), rng.choice(wrong_answers(a, op, b))
+        noun, word = OP_WORDS[op]
+        form = {"Show the equation.": "equation", "Give only the number.": "number"}.get(instruction) or \
+            rng.choice(("equation", "sentence", "number"))
+        if rng.random() < 0.7:
+            texts.append(worked(a, op, b))
+            continue
+        texts.append(rng.choice([
+            f"{a} {op} {b} = {v}",
+            f"The {noun} of {a} and {b} is {v}.",
+            f"{a} {word} {b} is {v}.",
+            f"Q: {question_text(a, op, b, instruction)} A: {response_text(a, op, b, v, form)}",
+            f"{a} {op} {b} is {v}, not {w}.",
+            f"Someone said {a} {op} {b} = {w}. That is wrong: {worked(a, op, b)}",
+            f"Is {w} the {noun} of {a} and {b}? No, it is {v}.",
+            f"Is {v} the {noun} of {a} and {b}? Yes.",
+        ]))
+    return texts

@@ -1,0 +1,203 @@
+"""The demo's results.md and pictures, from the files the pipeline wrote (nothing typed in).
+
+`write(out, config, ablations)` reads <out>/eval_*/results.json (infer_scale.py), the
+judgments behind them, the RFT rejection statistics, GRPO's log, the meta RM's data summary and
+timings.json, and writes <out>/results.md with one table per finding of the paper, each beside
+the paper's corresponding numbers (GRM_SPEC §4, §7: DeepSeek-GRM-27B, Overall of four
+benchmarks; the demo's numbers are accuracy on its own held-out items, so compare shapes, not
+levels), plus <out>/scaling.svg (Voting@k and MetaRM@k, the larger GRM's greedy as a line) and
+<out>/stages.svg (SPCT stages and RFT ablations as bars).
+
+`paired_delta(out, a, b, setting)`: accuracy of eval folder b minus folder a on the same items,
+with a 95% paired bootstrap interval (what "clear of noise" means for one stage over another).
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import grm
+from ..data import load_items, read_jsonl
+from ..plot import bars_svg
+from ..report import curve_svg
+from ..voting import voting_at_k
+
+FILES = ("results.md", "scaling.svg", "stages.svg")
+PAPER = {"Greedy": 69.9, "Voting@1": 67.9, "Voting@8": 70.6, "MetaRM@8": 72.0, "Voting@32": 71.0, "MetaRM@32": 72.8}
+PAPER_RFT = {"full": 68.8, "no_hinted": 68.0, "no_non_hinted": 67.4, "no_rejection": 66.1, "no_principles": None}
+ABLATION_NAMES = {"full": "RFT (hinted + non-hinted, rejective)", "no_hinted": "w/o hinted sampling",
+                  "no_non_hinted": "w/o non-hinted sampling", "no_rejection": "w/o rejective sampling",
+                  "no_principles": "w/o principles (no Specific Criteria)"}
+
+
+def _rows(out: Path, name: str) -> dict:
+    path = out / f"eval_{name}" / "results.json"
+    return {r["setting"]: r for r in json.loads(path.read_text())} if path.exists() else {}
+
+
+def _pct(e, interval=True) -> str:
+    if not e:
+        return "-"
+    return f"{100 * e['value']:.1f} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]" if interval else f"{100 * e['value']:.1f}"
+
+
+def _params(folder: Path) -> str:
+    from safetensors import safe_open
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        n = sum(np.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return f"{n / 1e6:.1f}M"
+
+
+def item_correct(out: Path, name: str, setting: str, seed: int = 0) -> dict:
+    """{item id: correct (paper's tie rule)} for Greedy or Voting@1 of one eval folder."""
+    items = {str(it.id): it for it in load_items(out / "data" / "test.jsonl")}
+    sample = grm.GREEDY if setting == "Greedy" else 0
+    got = {}
+    for r in read_jsonl(out / f"eval_{name}" / "judgments.jsonl"):
+        it = items[r["item"]]
+        if r["sample"] == sample and it.kind != "single":
+            got[r["item"]] = voting_at_k([r["scores"]], it.truth, rng_seed=grm.tie_seed(it, seed)).correct
+    return got
+
+
+def paired_delta(out: Path, a: str, b: str, setting: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy of b minus a on the items both judged, 95% paired bootstrap interval (percent)."""
+    ca, cb = item_correct(out, a, setting, seed), item_correct(out, b, setting, seed)
+    ids = sorted(set(ca) & set(cb))
+    d = np.array([float(cb[i]) - float(ca[i]) for i in ids])
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"value": 100 * d.mean(), "lo": 100 * lo, "hi": 100 * hi, "n": len(d)}
+
+
+def _delta(d: dict) -> str:
+    return f"{d['value']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+
+
+def stage_table(out: Path, sizes) -> list[str]:
+    lines = ["| GRM | stage | Greedy [95% CI] | Voting@1 [95% CI] | invalid greedy / sampled | paper (27B, Overall) |",
+             "|---|---|---|---|---|---|"]
+    paper = {"base": "-", "rft": "68.8 (RFT, Table 4)", "rl": "69.9 / 67.9"}
+    for size in sizes:
+        params = _params(out / f"base_{size}")
+        for stage, label in (("base", "base (pretrained)"), ("rft", "RFT"), ("rl", "RFT + GRPO")):
+            r = _rows(out, f"{stage}_{size}")
+            if not r:
+                continue
+            g, v = r["Greedy"], r["Voting@1"]
+            lines.append(f"| {size} ({params}) | {label} | {_pct(g['accuracy'])} | {_pct(v['accuracy'])} | "
+                         f"{100 * g['invalid_rate']:.1f}% / {100 * v['invalid_rate']:.1f}% | {paper[stage]} |")
+    lines += ["", "Paired differences on the same held-out items (percentage points, 95% paired bootstrap):", "",
+              "| GRM | step | Greedy | Voting@1 |", "|---|---|---|---|"]
+    for size in sizes:
+        for a, b, label in (("base", "rft", "RFT - base"), ("rft", "rl", "GRPO - RFT")):
+            if _rows(out, f"{a}_{size}") and _rows(out, f"{b}_{size}"):
+                ds = [_delta(paired_delta(out, f"{a}_{size}", f"{b}_{size}", s)) for s in ("Greedy", "Voting@1")]
+                lines.append(f"| {size} | {label} | {ds[0]} | {ds[1]} |")
+    return lines
+
+
+def scaling_table(rows: dict) -> list[str]:
+    lines = ["| setting | accuracy [95% CI] | strict [95% CI] | ROC-AUC [95% CI] | invalid | paper (27B, Overall) |",
+             "|---|---|---|---|---|---|"]
+    for s, r in rows.items():
+        paper = PAPER.get(s, "")
+        lines.append(f"| {s} | {_pct(r['accuracy'])} | {_pct(r['accuracy_strict'])} | {_pct(r.get('roc_auc'))} | "
+                     f"{100 * r['invalid_rate']:.1f}% | {paper} |")
+    return lines
+
+
+def size_table(out: Path, small: dict, large: dict) -> list[str]:
+    ps, pl = _params(out / "base_small"), _params(out / "base_large")
+    k_max = max(r["k"] for r in small.values())
+    picks = [("small", ps, s, small[s]) for s in ("Greedy", "Voting@8", f"Voting@{k_max}", "MetaRM@8",
+                                                   f"MetaRM@{k_max}") if s in small]
+    picks += [("large", pl, s, large[s]) for s in ("Greedy", "Voting@1") if s in large]
+    lines = ["| GRM | params | setting | accuracy [95% CI] | strict [95% CI] |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {p} | {s} | {_pct(r['accuracy'])} | {_pct(r['accuracy_strict'])} |" for n, p, s, r in picks]
+    return lines + ["", "Paper (Overall): DeepSeek-GRM-27B MetaRM@32 72.8 and Voting@32 71.0 vs greedy "
+                        "Nemotron-4-340B-Reward 70.5 and GPT-4o 71.3 (GRM_SPEC §7)."]
+
+
+def ablation_table(out: Path, ablations) -> list[str]:
+    lines = ["| RFT data (small GRM, RFT only) | accepted trajectories | Greedy [95% CI] | Voting@1 [95% CI] | "
+             "Greedy vs full RFT | paper (27B RFT, Overall) |", "|---|---|---|---|---|---|"]
+    for name in ["full", *ablations]:
+        folder = "rft_small" if name == "full" else f"ablation_{name}"
+        r = _rows(out, folder)
+        if not r:
+            continue
+        rej = json.loads((out / folder / "rejection.json").read_text())
+        delta = "" if name == "full" else _delta(paired_delta(out, "rft_small", folder, "Greedy"))
+        paper = PAPER_RFT.get(name)
+        lines.append(f"| {ABLATION_NAMES[name]} | {rej['accepted']} of {rej['trajectories']} | "
+                     f"{_pct(r['Greedy']['accuracy'])} | {_pct(r['Voting@1']['accuracy'])} | {delta} | "
+                     f"{'-' if paper is None else paper} |")
+    return lines
+
+
+def rl_curve(log: Path, window: int = 20) -> list[str]:
+    rows = list(read_jsonl(log))
+    lines = ["| GRPO steps | reward mean | invalid | frac_reward_zero_std | KL | length |", "|---|---|---|---|---|---|"]
+    for i in range(0, len(rows), window):
+        w = rows[i:i + window]
+        m = {k: sum(r[k] for r in w) / len(w) for k in ("reward_mean", "invalid_rate", "frac_reward_zero_std",
+                                                        "kl", "length")}
+        lines.append(f"| {w[0]['step']}-{w[-1]['step']} | {m['reward_mean']:+.3f} | {100 * m['invalid_rate']:.1f}% | "
+                     f"{m['frac_reward_zero_std']:.2f} | {m['kl']:.4f} | {m['length']:.1f} |")
+    return lines
+
+
+def pictures(out: Path, small: dict, large: dict, sizes, ablations) -> None:
+    lines = [("larger GRM greedy", 100 * large["Greedy"]["accuracy"]["value"])] if large else []
+    (out / "scaling.svg").write_text(curve_svg(list(small.values()), "small GRM (RFT + GRPO): held-out "
+                                               "pairs and lists", lines) or "<svg xmlns='http://www.w3.org/2000/svg'/>")
+    bar = lambda label, e: (label, 100 * e["value"], 100 * e["lo"], 100 * e["hi"])  # noqa: E731
+    groups = []
+    for size in sizes:
+        for stage, label in (("base", "base"), ("rft", "RFT"), ("rl", "+GRPO")):
+            r = _rows(out, f"{stage}_{size}")
+            if r:
+                groups.append((f"{size} {label}", [bar(s, r[s]["accuracy"]) for s in ("Greedy", "Voting@1")]))
+    for name in ablations:
+        r = _rows(out, f"ablation_{name}")
+        if r:
+            groups.append((name.replace("no_", "w/o ").replace("_", "-"),
+                           [bar(s, r[s]["accuracy"]) for s in ("Greedy", "Voting@1")]))
+    chance = next(iter(small.values()))["chance"] if small else None
+    svg = bars_svg(groups, [("chance", None if chance is None else 100 * chance)],
+                   title="SPCT stages (small, large) and RFT ablations (small): held-out accuracy")
+    (out / "stages.svg").write_text(svg or "<svg xmlns='http://www.w3.org/2000/svg'/>")
+
+
+def write(out, config: dict, ablations) -> None:
+    out = Path(out)
+    sizes = list(config["sizes"])
+    small, large = _rows(out, "rl_small"), _rows(out, "rl_large")
+    first = next(iter(small.values()))
+    test = first["accuracy"]["n"], (first.get("roc_auc") or {}).get("n", 0)
+    md = ["# Demo results", "", f"Generated by `python -m minigrm.demo.reproduce` (seed 0) from the files in its "
+          f"--out folder. Held-out: {test[0]} pairs and lists (accuracy; chance {100 * first['chance']:.1f}%) and "
+          f"{test[1]} single responses (ROC-AUC). Brackets: 95% bootstrap intervals over items. The paper's "
+          "numbers are DeepSeek-GRM-27B's Overall score on four public benchmarks: compare shapes, not levels.", "",
+          "## 1. SPCT stages: base < RFT < RFT + GRPO", "", *stage_table(out, sizes), "", "![stages](stages.svg)", "",
+          "## 2-3. Inference-time scaling: Voting@k and MetaRM@k (small GRM after GRPO)", "",
+          *scaling_table(small), "", "![scaling](scaling.svg)", "",
+          "## 4. Inference-time scaling vs model size", "", *size_table(out, small, large), "",
+          "## 5. RFT ablations (the paper's Table 4)", "", *ablation_table(out, ablations), ""]
+    for size in sizes:
+        if (out / f"rft_{size}" / "rejection.json").exists():
+            md += [f"RFT rejective sampling ({size}): `{(out / f'rft_{size}' / 'rejection.json').read_text().strip()}`",
+                   ""]
+    if (out / "meta_rm" / "meta_data.json").exists():
+        md += [f"Meta RM training data: `{(out / 'meta_rm' / 'meta_data.json').read_text().strip()}`", ""]
+    for size in sizes:
+        if (out / f"rl_{size}" / "log.jsonl").exists():
+            md += [f"### GRPO ({size})", "", *rl_curve(out / f"rl_{size}" / "log.jsonl"), ""]
+    if (out / "timings.json").exists():
+        times = json.loads((out / "timings.json").read_text())
+        md += ["### Wall time per stage (seconds)", "", "| stage | seconds |", "|---|---|",
+               *[f"| {k} | {v:.0f} |" for k, v in times.items()], f"| total | {sum(times.values()):.0f} |", ""]
+    (out / "results.md").write_text("\n".join(md))
+    pictures(out, small, large, sizes, ablations)
+    print("\n".join(md))
