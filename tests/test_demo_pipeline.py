@@ -10,7 +10,7 @@ from minigrm.resume import latest_checkpoint
 def test_quick_pipeline_runs_every_stage(tmp_path, capsys):
     out, ship = tmp_path / "demo", tmp_path / "ship"
     reproduce.main(["--out", str(out), "--quick", "--ship", str(ship)])
-    for stage in ("rft_small", "rl_small", "rft_large", "rl_large", "meta_rm", "ablation_no_rejection"):
+    for stage in ("rft_small", "rl_small", "rft_large", "meta_rm", "ablation_full", "ablation_no_rejection"):
         assert latest_checkpoint(out / stage) is not None, stage
     for f in ("teacher.jsonl", "teacher_no_hinted.jsonl", "teacher_hinted_only.jsonl", "teacher_no_principles.jsonl",
               "base_small/tokenizer.json", "base_large/model.safetensors", "meta_samples/judgments.jsonl"):
@@ -19,20 +19,20 @@ def test_quick_pipeline_runs_every_stage(tmp_path, capsys):
     assert [r["setting"] for r in rows] == ["Greedy", "Voting@1", "Voting@2", "MetaRM@2"]
     rejection = json.loads((out / "ablation_no_rejection" / "rejection.json").read_text())
     assert rejection["accepted"] == rejection["trajectories"]  # --no-rejection keeps every trajectory
-    full = json.loads((out / "rft_small" / "rejection.json").read_text())
-    assert full["accepted"] < full["trajectories"]
+    full = json.loads((out / "ablation_full" / "rejection.json").read_text())
+    assert full["accepted"] < full["trajectories"] and full["items"] == 10  # the ablation setting's items
     meta = json.loads((out / "meta_rm" / "meta_data.json").read_text())
     assert meta["examples"] > 0 and meta["skipped"] > 0  # greedy / hinted judgments are left out
     md = (out / "results.md").read_text()
     for heading in ("## 1. SPCT stages", "## 2-3. Inference-time scaling", "## 4. Inference-time scaling vs model "
                     "size", "## 5. RFT ablations", "w/o rejective sampling", "Wall time per stage", "66.1", "72.8"):
         assert heading in md, heading
-    assert "| small (" in md and "| large | " in md and "| GRPO - RFT |" in md
+    assert "| small (" in md and "| large (RFT) | " in md and "| GRPO - RFT |" in md
     for svg in ("scaling.svg", "stages.svg"):
         ET.fromstring((out / svg).read_text())  # well-formed pictures
-    assert "larger GRM greedy" in (out / "scaling.svg").read_text()
+    assert "larger GRM (RFT) greedy" in (out / "scaling.svg").read_text()
     timings = json.loads((out / "timings.json").read_text())
-    assert {"base", "rft_small", "rl_large", "meta_rm", "eval_rl_small"} <= set(timings)
+    assert {"base_small", "base_large", "rft_small", "rft_large", "meta_rm", "eval_rl_small"} <= set(timings)
     for name in ("grm", "meta_rm"):  # shipped: what infer_scale.py runs on by default, no optimizer state
         assert sorted(p.name for p in (ship / name).iterdir()) == [
             "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]

@@ -86,7 +86,7 @@ def packed_rows(token_lists: list[list[int]], seq_len: int, eot: int) -> torch.T
     return torch.tensor(stream[:n * (seq_len + 1)]).view(n, seq_len + 1)
 
 
-def pretrain(folder, texts, steps: int, batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3,
+def pretrain(folder, texts, steps: int, batch_size: int = 16, seq_len: int = 256, lr: float = 3e-3,
              seed: int = 0, log=print, save_every: int = 200, **config_kw) -> Path:
     """Train a tiny Llama from scratch on `texts` with the tokenizer already in `folder`. Every
     `save_every` steps the model, optimizer, step and batch generator go to

@@ -4,7 +4,8 @@ The paper fine-tunes *pretrained base* models: they know arithmetic and how to c
 but have never seen the GRM prompt or its three-line output, which rejective fine-tuning teaches
 (GRM_SPEC §4). This corpus gives the demo's base that knowledge on training questions only
 (`task.sample_question(split="train")`): worked digit-by-digit computations in the notation the
-critique uses, plain facts, answers in each form, and checks of wrong answers. It holds no
+critique uses, questions with several answers checked one by one (the long-range copying a judge
+needs: operands from the question, values from the answers), plain facts, answers in each form. It holds no
 "Specific Criteria", "Analysis:", "Scores:", "Response 1", \\boxed{} or verdict line ("right,
 equation"), which tests/test_demo_task.py pins.
 
@@ -23,8 +24,22 @@ def worked(a: int, op: str, b: int) -> str:
     return work_text(a, op, b, solve(a, op, b)) + "."
 
 
+def checked(rng, a: int, op: str, b: int, instruction, v: int) -> str:
+    """A question, 2-4 answers, then the check of each: the long-range copying (operands from the
+    question, values from the answers) that judging needs, in plain words, e.g. "Q: What is 7 * 48?
+    Answers: (a) 336 (b) The answer is 346. Check: 7 * 48: ...; so 336. (a) 336 is correct. (b) 346
+    is not."."""
+    values = [v] + rng.sample(wrong_answers(a, op, b), rng.randrange(1, 4))
+    rng.shuffle(values)
+    shown = [response_text(a, op, b, x, rng.choice(("equation", "sentence", "number"))) for x in values]
+    names = "abcd"
+    answers = " ".join(f"({names[i]}) {t}" for i, t in enumerate(shown))
+    verdicts = " ".join(f"({names[i]}) {x} is {'correct' if x == v else 'not'}." for i, x in enumerate(values))
+    return f"Q: {question_text(a, op, b, instruction)} Answers: {answers} Check: {worked(a, op, b)} {verdicts}"
+
+
 def pretraining_corpus(n: int, seed: int) -> list[str]:
-    """n plain texts about training questions (70% of them worked computations)."""
+    """n plain texts about training questions (40% worked computations, 30% checked answers)."""
     rng = random.Random(f"corpus-{seed}")
     texts = []
     for _ in range(n):
@@ -33,8 +48,12 @@ def pretraining_corpus(n: int, seed: int) -> list[str]:
         noun, word = OP_WORDS[op]
         form = {"Show the equation.": "equation", "Give only the number.": "number"}.get(instruction) or \
             rng.choice(("equation", "sentence", "number"))
-        if rng.random() < 0.7:
+        r = rng.random()
+        if r < 0.4:
             texts.append(worked(a, op, b))
+            continue
+        if r < 0.7:
+            texts.append(checked(rng, a, op, b, instruction, v))
             continue
         texts.append(rng.choice([
             f"{a} {op} {b} = {v}",

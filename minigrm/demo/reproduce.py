@@ -24,11 +24,14 @@ pretraining keeps a state file, infer_scale.py resumes by itself: an interrupted
 """
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from ..data import load_items, read_jsonl, write_jsonl
 from ..resume import latest_checkpoint
@@ -37,40 +40,43 @@ from .base_model import pretrain, train_tokenizer
 from .corpus import pretraining_corpus
 
 SIZES = {"small": dict(hidden=128, layers=4, heads=4, kv_heads=2),
-         "large": dict(hidden=256, layers=6, heads=8, kv_heads=4)}
-FULL = dict(train=dict(pair=2500, list=2500, single=1000), test=dict(pair=500, list=500, single=300),
-            texts=80000, vocab=512, pretrain_steps=dict(small=1500, large=1500), pretrain_batch=16,
-            rft_epochs=2, rft_lr="1e-3", rl_steps=dict(small=100, large=100), rl_prompts=32, rl_lr="2e-4",
+         "large": dict(hidden=192, layers=6, heads=6, kv_heads=3)}
+FULL = dict(train=task.TRAIN, test=task.TEST,
+            texts=80000, vocab=512, pretrain_steps=dict(small=1500, large=1500), pretrain_batch=8,
+            rft_epochs=2, rft_lr="1e-3", rl_steps=100, rl_prompts=32, rl_lr="2e-4",
             meta_items=800, meta_teacher_items=1000, meta_k=8, meta_lr="2e-4", k_max=32, max_tokens=160, sizes=SIZES,
-            ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"), large_evals=("base", "rft", "rl"))
+            ablation_items=2000, ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"))
 QUICK = dict(train=dict(pair=8, list=8, single=4), test=dict(pair=3, list=3, single=2),
              texts=400, vocab=400, pretrain_steps=dict(small=3, large=3), pretrain_batch=4,
-             rft_epochs=1, rft_lr="1e-3", rl_steps=dict(small=1, large=1), rl_prompts=2, rl_lr="1e-4",
+             rft_epochs=1, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
              meta_items=4, meta_teacher_items=4, meta_k=2, meta_lr="1e-4", k_max=2, max_tokens=12,
              sizes={name: dict(hidden=32, layers=1, heads=2, kv_heads=1) for name in SIZES},
-             ablations=("no_rejection",), large_evals=("rl",))  # fewer processes: each one imports torch
-# name -> (teacher file, extra train_rft.py flags): the paper's Table 4 rows, plus "w/o principles"
-ABLATIONS = {"no_hinted": ("teacher_no_hinted.jsonl", []), "no_non_hinted": ("teacher_hinted_only.jsonl", []),
-             "no_rejection": ("teacher.jsonl", ["--no-rejection"]),
+             ablation_items=10, ablations=("no_rejection",))  # fewer processes: each one imports torch
+# name -> (teacher file, extra train_rft.py flags): the paper's Table 4 rows, plus "w/o principles";
+# "full" is the ablation setting's own full-recipe RFT (same items and epochs as the ablations)
+ABLATIONS = {"full": ("teacher.jsonl", []), "no_hinted": ("teacher_no_hinted.jsonl", []),
+             "no_non_hinted": ("teacher_hinted_only.jsonl", []), "no_rejection": ("teacher.jsonl", ["--no-rejection"]),
              "no_principles": ("teacher_no_principles.jsonl", [])}
+PARTS = ("prepare", "small", "large", "ablations", "report")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the three scripts
 
 
-def script(name: str, args: list) -> None:
+def script(name: str, args: list, threads: int | None = None) -> None:
     """Run one of the repository's scripts (train_rft.py, train_rl.py, infer_scale.py) as a user
     would, in its own process; the library never imports them."""
     path = ROOT / name
     if not path.exists():
         raise SystemExit(f"{path} not found: run the demo from a checkout of the repository")
-    subprocess.run([sys.executable, str(path), *map(str, args)], check=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    subprocess.run([sys.executable, str(path), *map(str, args)], check=True, env=env)
 
 
 class Stages:
-    """Skip a stage whose result exists; time the others into <out>/timings.json."""
+    """Skip a stage whose result exists; time the others into <out>/timings.json (re-read before
+    each write, so parts running in parallel processes keep each other's times)."""
 
     def __init__(self, out: Path):
         self.path = out / "timings.json"
-        self.times = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def run(self, name: str, done: Path, fn) -> None:
         if done.exists():
@@ -79,36 +85,138 @@ class Stages:
         print(f"== {name}", flush=True)
         t0 = time.time()
         fn()
-        self.times[name] = round(self.times.get(name, 0) + time.time() - t0, 1)
-        self.path.write_text(json.dumps(self.times, indent=2) + "\n")
+        times = json.loads(self.path.read_text()) if self.path.exists() else {}
+        times[name] = round(times.get(name, 0) + time.time() - t0, 1)  # an interrupted stage adds up
+        self.path.write_text(json.dumps(times, indent=2) + "\n")
 
 
-def teacher_files(out: Path, train: Path, seed: int) -> None:
-    """The full RFT data and the ablations' variants, all from the same teacher program."""
+def teacher_files(out: Path, train: Path, seed: int, n_ablation: int) -> None:
+    """The full RFT data and the ablations' variants, all from the same teacher program; the
+    ablation setting's items (the first n_ablation training items) and their trajectories."""
     items = load_items(train)
     full = teacher.trajectories(items, seed)
     write_jsonl(out / "teacher_no_hinted.jsonl", [r for r in full if not r["hinted"]])
     write_jsonl(out / "teacher_hinted_only.jsonl", teacher.trajectories(items, seed, hinted_share=1.0,
                                                                        non_hinted=False))
     write_jsonl(out / "teacher_no_principles.jsonl", teacher.trajectories(items, seed, principles=False))
-    write_jsonl(out / "teacher.jsonl", full)  # last: its presence marks the stage done
+    write_jsonl(out / "teacher.jsonl", full)
+    keep = {str(it.id) for it in items[:n_ablation]}
+    (out / "ablation").mkdir(exist_ok=True)
+    for name in {f for f, _ in ABLATIONS.values()}:
+        write_jsonl(out / "ablation" / name, [r for r in read_jsonl(out / name) if r["item"] in keep])
+    write_jsonl(out / "ablation" / "train.jsonl", [r for r in read_jsonl(train) if r["id"] in keep])  # last: done
 
 
-def base_models(out: Path, c: dict, seed: int) -> None:
-    texts = pretraining_corpus(c["texts"], seed)
-    tok_dir = out / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        judged = [r["text"] for r in teacher.trajectories(load_items(out / "data" / "train.jsonl")[:500], seed)]
-        train_tokenizer(texts + judged, c["vocab"], tok_dir)
-    for size, shape in c["sizes"].items():
-        folder = out / f"base_{size}"
-        if (folder / "model.safetensors").exists():
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy2(tok_dir / f, folder / f)
-        pretrain(folder, texts, c["pretrain_steps"][size], batch_size=c["pretrain_batch"], seed=seed, max_len=512,
-                 **shape)
+def tokenizer(out: Path, c: dict, seed: int) -> None:
+    judged = [r["text"] for r in teacher.trajectories(load_items(out / "data" / "train.jsonl")[:500], seed)]
+    train_tokenizer(pretraining_corpus(c["texts"], seed) + judged, c["vocab"], out / "tokenizer")
+
+
+def base_model(out: Path, size: str, c: dict, seed: int) -> None:
+    folder = out / f"base_{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(out / "tokenizer" / f, folder / f)
+    pretrain(folder, pretraining_corpus(c["texts"], seed), c["pretrain_steps"][size], batch_size=c["pretrain_batch"],
+             seed=seed, max_len=512, **c["sizes"][size])
+
+
+class Pipeline:
+    """The stages of one --out folder; each part is a method, `all` runs them in order."""
+
+    def __init__(self, out: Path, c: dict, seed: int, quick: bool, threads: int | None):
+        self.out, self.c, self.seed, self.threads, self.st = out, c, seed, threads, Stages(out)
+        self.device = ["--device", "cpu"] if quick else []
+        self.common = ["--seed", seed, "--resume", *self.device]
+        self.train, self.test = out / "data" / "train.jsonl", out / "data" / "test.jsonl"
+
+    def script(self, name, args):
+        script(name, args, self.threads)
+
+    def prepare(self):
+        out, c, seed = self.out, self.c, self.seed
+        self.st.run("data", self.test, lambda: task.write_splits(out / "data", c["train"], c["test"], seed))
+        self.st.run("teacher", out / "ablation" / "train.jsonl",
+                    lambda: teacher_files(out, self.train, seed, c["ablation_items"]))
+        self.st.run("tokenizer", out / "tokenizer" / "tokenizer.json", lambda: tokenizer(out, c, seed))
+
+    def base(self, size):
+        self.st.run(f"base_{size}", self.out / f"base_{size}" / "model.safetensors",
+                    lambda: base_model(self.out, size, self.c, self.seed))
+        return self.out / f"base_{size}"
+
+    def rft(self, name, base, trajectories, train=None, flags=()):
+        out = self.out
+        self.st.run(name, out / name / "latest", lambda: self.script("train_rft.py", [
+            "--model", base, "--data", train or self.train, "--trajectories", trajectories, "--out", out / name,
+            "--epochs", self.c["rft_epochs"], "--lr", self.c["rft_lr"], *flags, *self.common]))
+        return latest_checkpoint(out / name)
+
+    def evaluate(self, name, model, k_max=1, meta=None):
+        out, c = self.out, self.c
+        extra = ["--meta-rm", meta] if meta else ["--no-meta-rm"]
+        self.st.run(f"eval_{name}", out / f"eval_{name}" / "results.json", lambda: self.script("infer_scale.py", [
+            "--model", model, "--data", self.test, "--out", out / f"eval_{name}", "--k-max", k_max, "--max-tokens",
+            c["max_tokens"], "--seed", self.seed, "--no-progress", *extra, *self.device]))
+
+    def small(self):
+        """The small GRM's whole SPCT: base, RFT, GRPO, the meta RM, every evaluation."""
+        out, c = self.out, self.c
+        base = self.base("small")
+        rft = self.rft("rft_small", base, out / "teacher.jsonl")
+        self.evaluate("rft_small", rft)
+        self.evaluate("base_small", base)
+        self.st.run("rl_small", out / "rl_small" / "latest", lambda: self.script("train_rl.py", [
+            "--model", rft, "--data", self.train, "--out", out / "rl_small", "--steps", c["rl_steps"],
+            "--prompts-per-step", c["rl_prompts"], "--lr", c["rl_lr"], "--beta", "0.02",
+            "--max-tokens", c["max_tokens"], "--save-every", 25, *self.common]))
+        rl = latest_checkpoint(out / "rl_small")
+        meta = self.meta_rm(rl)
+        self.evaluate("rl_small", rl, c["k_max"], meta)
+
+    def meta_rm(self, grm_folder):
+        """Judgments of the GRM it guides on training pairs and lists, plus the teacher's
+        non-hinted RFT trajectories of other training items (paper §4), BCE on Eq. 10 labels."""
+        out, c = self.out, self.c
+        meta_data, meta_teacher = out / "data" / "meta_rm_items.jsonl", out / "meta_rm_teacher.jsonl"
+        if not meta_teacher.exists():
+            pairs_lists = [r for r in read_jsonl(self.train) if "label" not in r]
+            write_jsonl(meta_data, pairs_lists[:c["meta_items"]])
+            taken = {r["id"] for r in pairs_lists[c["meta_items"]:c["meta_items"] + c["meta_teacher_items"]]}
+            write_jsonl(meta_teacher, [r for r in read_jsonl(out / "teacher.jsonl") if r["item"] in taken
+                                       and not r["hinted"]])
+        self.st.run("meta_samples", out / "meta_samples" / "results.json", lambda: self.script("infer_scale.py", [
+            "--model", grm_folder, "--data", meta_data, "--out", out / "meta_samples", "--k-max", c["meta_k"],
+            "--max-tokens", c["max_tokens"], "--seed", self.seed, "--no-meta-rm", "--no-progress", *self.device]))
+        self.st.run("meta_rm", out / "meta_rm" / "latest", lambda: self.script("train_rft.py", [
+            "--meta-rm", "--model", grm_folder, "--data", self.train, "--trajectories", meta_teacher,
+            "--extra-trajectories", out / "meta_samples" / "judgments.jsonl", "--out", out / "meta_rm",
+            "--lr", c["meta_lr"], *self.common]))
+        return latest_checkpoint(out / "meta_rm")
+
+    def large(self):
+        """The larger GRM (reduced setting, for time: base and RFT with the small one's recipe, no
+        GRPO): the greedy line of finding 4 and a second base < RFT."""
+        base = self.base("large")
+        rft = self.rft("rft_large", base, self.out / "teacher.jsonl")
+        self.evaluate("rft_large", rft)
+        self.evaluate("base_large", base)
+
+    def ablations(self):
+        """The paper's Table 4 on the small base in a reduced setting: the first ablation_items
+        training items, the same epochs and lr, a full-recipe RFT on the same items as reference."""
+        folder = self.out / "ablation"
+        base = self.base("small")
+        for name, (teacher_file, flags) in ABLATIONS.items():
+            if name == "full" or name in self.c["ablations"]:
+                model = self.rft(f"ablation_{name}", base, folder / teacher_file, folder / "train.jsonl", flags)
+                self.evaluate(f"ablation_{name}", model)
+
+    def report(self, ship: Path | None):
+        findings.write(self.out, self.c, self.c["ablations"])
+        if ship:
+            ship_to(latest_checkpoint(self.out / "rl_small"), latest_checkpoint(self.out / "meta_rm"), self.test,
+                    self.out, ship)
 
 
 def main(argv=None):
@@ -116,72 +224,21 @@ def main(argv=None):
     ap.add_argument("--out", default="out/demo", help="where every stage writes")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks that every stage runs")
     ap.add_argument("--seed", type=int, default=0, help="seed of data, init, sampling and batches")
+    ap.add_argument("--part", default="all", choices=("all", *PARTS),
+                    help="one part only (after prepare, small / large / ablations can run in parallel processes)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (e.g. 1 with two parts)")
     ap.add_argument("--ship", default=None, help="copy the final GRM, meta RM and test split here (minigrm/demo)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     c = QUICK if args.quick else FULL
-    out, seed = Path(args.out), args.seed
-    device = ["--device", "cpu"] if args.quick else []
-    common = ["--seed", seed, "--resume", *device]
-    data, st = out / "data", Stages(out)
-    train, test = data / "train.jsonl", data / "test.jsonl"
-    st.run("data", test, lambda: task.write_splits(data, c["train"], c["test"], seed))
-    st.run("teacher", out / "teacher.jsonl", lambda: teacher_files(out, train, seed))
-    st.run("base", out / f"base_{list(c['sizes'])[-1]}" / "model.safetensors", lambda: base_models(out, c, seed))
-
-    def rft(name, base, teacher_file, flags=()):
-        st.run(name, out / name / "latest", lambda: script("train_rft.py", [
-            "--model", base, "--data", train, "--trajectories", out / teacher_file, "--out", out / name,
-            "--epochs", c["rft_epochs"], "--lr", c["rft_lr"], *flags, *common]))
-        return latest_checkpoint(out / name)
-
-    def evaluate(name, model, k_max=1, meta=None):
-        extra = ["--meta-rm", meta] if meta else ["--no-meta-rm"]
-        st.run(f"eval_{name}", out / f"eval_{name}" / "results.json", lambda: script("infer_scale.py", [
-            "--model", model, "--data", test, "--out", out / f"eval_{name}", "--k-max", k_max, "--max-tokens",
-            c["max_tokens"], "--seed", seed, "--no-progress", *extra, *device]))
-
-    grms = {}
-    for size in c["sizes"]:
-        base = out / f"base_{size}"
-        rft_ckpt = rft(f"rft_{size}", base, "teacher.jsonl")
-        st.run(f"rl_{size}", out / f"rl_{size}" / "latest", lambda: script("train_rl.py", [
-            "--model", rft_ckpt, "--data", train, "--out", out / f"rl_{size}", "--steps", c["rl_steps"][size],
-            "--prompts-per-step", c["rl_prompts"], "--lr", c["rl_lr"], "--beta", "0.02",
-            "--max-tokens", c["max_tokens"], "--save-every", 25, *common]))
-        grms[size] = (base, rft_ckpt, latest_checkpoint(out / f"rl_{size}"))
-
-    # the meta RM: judgments of the GRM it guides on training items (pairs and lists), plus the
-    # teacher's non-hinted RFT trajectories of other training items
-    meta_data, meta_teacher = data / "meta_rm_items.jsonl", out / "meta_rm_teacher.jsonl"
-    if not meta_teacher.exists():
-        pairs_lists = [r for r in read_jsonl(train) if "label" not in r]
-        write_jsonl(meta_data, pairs_lists[:c["meta_items"]])
-        taken = {r["id"] for r in pairs_lists[c["meta_items"]:c["meta_items"] + c["meta_teacher_items"]]}
-        write_jsonl(meta_teacher, [r for r in read_jsonl(out / "teacher.jsonl") if r["item"] in taken
-                                   and not r["hinted"]])
-    small_rl = grms["small"][2]
-    st.run("meta_samples", out / "meta_samples" / "results.json", lambda: script("infer_scale.py", [
-        "--model", small_rl, "--data", meta_data, "--out", out / "meta_samples", "--k-max", c["meta_k"],
-        "--max-tokens", c["max_tokens"], "--seed", seed, "--no-meta-rm", "--no-progress", *device]))
-    st.run("meta_rm", out / "meta_rm" / "latest", lambda: script("train_rft.py", [
-        "--meta-rm", "--model", small_rl, "--data", train, "--trajectories", meta_teacher,
-        "--extra-trajectories", out / "meta_samples" / "judgments.jsonl", "--out", out / "meta_rm",
-        "--lr", c["meta_lr"], *common]))
-    meta = latest_checkpoint(out / "meta_rm")
-
-    for name in c["ablations"]:
-        teacher_file, flags = ABLATIONS[name]
-        evaluate(f"ablation_{name}", rft(f"ablation_{name}", out / "base_small", teacher_file, flags))
-    for size, (base, rft_ckpt, rl) in grms.items():
-        for stage, model in (("base", base), ("rft", rft_ckpt), ("rl", rl)):
-            if size == "small" or stage in c["large_evals"]:
-                evaluate(f"{stage}_{size}", model, *((c["k_max"], meta) if (size, stage) == ("small", "rl") else ()))
-    findings.write(out, c, c["ablations"])
-    if args.ship:
-        ship(small_rl, meta, test, out, Path(args.ship))
+    p = Pipeline(Path(args.out), c, args.seed, args.quick, args.threads)
+    for part in PARTS if args.part == "all" else (args.part,):
+        print(f"=== part {part}", flush=True)
+        p.report(Path(args.ship) if args.ship else None) if part == "report" else getattr(p, part)()
 
 
-def ship(grm: Path, meta: Path, test: Path, out: Path, dest: Path) -> None:
+def ship_to(grm: Path, meta: Path, test: Path, out: Path, dest: Path) -> None:
     """Copy what `python infer_scale.py` runs on by default: the final GRM and meta RM (weights,
     config, tokenizer; no optimizer state), the held-out split, results.md and its pictures."""
     for src, name in ((grm, "grm"), (meta, "meta_rm")):

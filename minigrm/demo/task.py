@@ -17,8 +17,8 @@ Contract:
   {"prompt","chosen","rejected","subset"}, "list" {"prompt","responses","best","subset"} (3-4
   responses, one best, 0-based), "single" {"prompt","response","label","subset"}; label 1 iff the
   response is right AND in an allowed form. Subsets "add", "sub", "mul". Deterministic per seed.
-- `write_splits(out_dir, train, test, seed)`: train.jsonl / test.jsonl with the given number of
-  items per kind; a question (a, op, b) belongs to the test split iff a stable hash of the
+- `write_splits(out_dir, train=TRAIN, test=TEST, seed)`: train.jsonl / test.jsonl with the given
+  number of items per kind; a question (a, op, b) belongs to the test split iff a stable hash of the
   triple says so (`is_test`), so no held-out question is ever trained on.
 - `solve(a, op, b)`: the digit-by-digit computation, one step per digit from the right (digit +
   digit + carry in: "3+6+0=9, 7+9+0=16, 4+2+1=7" for 473 + 296; a borrow is written "13-6-0=7";
@@ -40,6 +40,9 @@ FORMS = ("equation", "sentence", "number")
 # The query's instruction (None: any form; the clearer the better) and the form it asks for.
 INSTRUCTIONS = {None: None, "Show the equation.": "equation", "Give only the number.": "number"}
 TEST_FRACTION = 0.2
+# the full run's item counts per kind (the held-out set: ~1,000 pairs and lists for +-2 points at 95%)
+TRAIN = dict(pair=2500, list=2500, single=1000)
+TEST = dict(pair=500, list=500, single=300)
 _QUESTION = re.compile(r"What is (\d+) ([+*-]) (\d+)\?(?: (.+))?$")
 _NUMBER = re.compile(r"\d+")
 
@@ -244,7 +247,7 @@ def mixed(counts: dict, seed: int, split: str) -> list[dict]:
     return [{"id": f"{split}-{i}", **it} for i, it in enumerate(items)]
 
 
-def write_splits(out_dir, train: dict, test: dict, seed: int = 0) -> tuple[Path, Path]:
+def write_splits(out_dir, train: dict = TRAIN, test: dict = TEST, seed: int = 0) -> tuple[Path, Path]:
     """Write train.jsonl and test.jsonl ({kind: count} each; disjoint questions); return paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
