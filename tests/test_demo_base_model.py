@@ -37,6 +37,13 @@ def test_tokenizer_and_base_model_from_scratch(tmp_path):
     with torch.no_grad():
         assert (ours(ids) - hf(ids).logits).abs().max() < 1e-4
     assert tok.eos_token_id == ours.config.eos_token_id  # generation stops at <|im_end|>
+    # the template pieces, never in the corpus, keep distinct embeddings (the softmax over them
+    # would collapse them all onto one direction: RFT could not tell the prompts apart)
+    from minigrm.demo.base_model import template_pieces
+    e = torch.nn.functional.normalize(ours.model.embed_tokens.weight[[tok.token_to_id(p) for p in
+                                                                     template_pieces()]], dim=-1)
+    cos = (e @ e.T)[~torch.eye(len(e), dtype=torch.bool)]
+    assert cos.abs().max() < 0.5, cos.abs().max()
 
 
 def test_template_pieces_are_whole_tokens_and_round_trip(tmp_path):
