@@ -19,6 +19,7 @@ CPU time on the query and the responses rather than on re-reading the same instr
 """
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -38,13 +39,16 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
 
 def template_pieces(max_responses: int = 4) -> list[str]:
     """The fixed text between the variable parts (query, responses) of every GRM prompt variant
-    with 1..max_responses responses: render with a sentinel, split on it, keep the pieces."""
+    with 1..max_responses responses: render with a sentinel, split on it and on each response
+    index, keep the pieces."""
     s = "\x00"
     texts = [single_response_prompt(s, s)]
     for n in range(1, max_responses + 1):
         texts += [grm_prompt(s, [s] * n), meta_rm_prompt(s, [s] * n)]
         texts += [hinted(s, j) for j in range(n)]
-    return sorted({p for t in texts for p in t.split(s) if len(p) > 1})
+    # cut at each response index: "Response 3" keeps its digit as a plain token, which the model
+    # copies into its critique (one whole token per index would have to be learned from RFT alone)
+    return sorted({q for t in texts for p in t.split(s) for q in re.split(r"(?<=Response )\d+", p) if len(q) > 1})
 
 
 def train_tokenizer(texts, vocab_size: int, folder) -> Path:
