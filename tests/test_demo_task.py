@@ -110,7 +110,7 @@ def test_a_careful_teacher_is_always_right_in_the_papers_format():
 def marked_right(text: str) -> tuple[int, set[int]]:
     """(the value the computation reached, the values of the responses the notes call right)."""
     value = int(re.search(r"; so (\d+)\.", text).group(1))
-    return value, {int(x) for x in re.findall(r"Response \d+: (\d+), right", text)}
+    return value, {int(x) for x in re.findall(r"Response \d+: (\d+) vs \d+: [^;]*; right", text)}
 
 
 def test_the_teachers_mistakes_are_varied_and_visible():

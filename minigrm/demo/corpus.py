@@ -13,7 +13,8 @@ equation"), which tests/test_demo_task.py pins.
 """
 import random
 
-from .task import compute, question_text, response_text, sample_question, solve, work_text, wrong_answers
+from .task import (compare_text, compute, digit_marks, question_text, response_text, sample_question, solve,
+                   work_text, wrong_answers)
 
 OP_WORDS = {"+": ("sum", "plus"), "-": ("difference", "minus"), "*": ("product", "times")}
 
@@ -27,14 +28,15 @@ def worked(a: int, op: str, b: int) -> str:
 def checked(rng, a: int, op: str, b: int, instruction, v: int) -> str:
     """A question, 2-4 answers, then the check of each: the long-range copying (operands from the
     question, values from the answers) that judging needs, in plain words, e.g. "Q: What is 7 * 48?
-    Answers: (a) 336 (b) The answer is 346. Check: 7 * 48: ...; so 336. (a) 336 is correct. (b) 346
-    is not."."""
+    Answers: (a) 336 (b) The answer is 346. Check: 7 * 48: ...; so 336. (a) 336 vs 336: 3 3 same,
+    3 3 same, 6 6 same; correct. (b) 346 vs 336: 3 3 same, 4 3 differs, 6 6 same; not."."""
     values = [v] + rng.sample(wrong_answers(a, op, b), rng.randrange(1, 4))
     rng.shuffle(values)
     shown = [response_text(a, op, b, x, rng.choice(("equation", "sentence", "number"))) for x in values]
     names = "abcd"
     answers = " ".join(f"({names[i]}) {t}" for i, t in enumerate(shown))
-    verdicts = " ".join(f"({names[i]}) {x} is {'correct' if x == v else 'not'}." for i, x in enumerate(values))
+    verdicts = " ".join(f"({names[i]}) {compare_text(x, v, digit_marks(x, v))}; {'correct' if x == v else 'not'}."
+                        for i, x in enumerate(values))
     return f"Q: {question_text(a, op, b, instruction)} Answers: {answers} Check: {worked(a, op, b)} {verdicts}"
 
 

@@ -170,6 +170,24 @@ def steps_value(op: str, steps) -> int:
     return value
 
 
+def digit_marks(x: int, v: int) -> list[bool] | None:
+    """Whether each digit of x equals v's digit in the same place, left to right; None when the
+    lengths differ (then x != v without a digit check)."""
+    sx, sv = str(x), str(v)
+    return [dx == dv for dx, dv in zip(sx, sv)] if len(sx) == len(sv) else None
+
+
+def compare_text(x: int, v: int, marks: list[bool] | None) -> str:
+    """The check of a value against the computed one, digit by digit, each pair side by side (a
+    comparison a small model learns: two adjacent tokens, same or not):
+    "759 vs 769: 7 7 same, 5 6 differs, 9 9 same". `marks` (digit_marks, or a slip of it) says
+    what each pair is called."""
+    if marks is None:
+        return f"{x} vs {v}: lengths differ"
+    pairs = ", ".join(f"{dx} {dv} {'same' if m else 'differs'}" for dx, dv, m in zip(str(x), str(v), marks))
+    return f"{x} vs {v}: {pairs}"
+
+
 def solve(a: int, op: str, b: int) -> list[tuple[int, int, int, int]]:
     """The computation's written steps, units first: "3+6+0=9, 7+9+0=16, 4+2+1=7" for 473 + 296,
     "13-6-0=7, 17-9-1=7, 4-2-1=1" for 473 - 296, "7*8+0=56, 7*4+5=33" for 7 * 48."""

@@ -6,15 +6,16 @@ the stronger sampler is this program: it judges the way the student must learn t
 paper's three-line format, and it errs the way a capable but fallible judge errs:
 
     Specific Criteria: 1. Correctness (Weight: 80%): the exact sum of 473 and 296. 2. Format (Weight: 20%): the equation, as asked.
-    Analysis: 3+6+0=9, 7+9+0=16, 4+2+1=7, so 769. Response 1: 769, right, equation. Response 2: 759, wrong, sentence.
+    Analysis: 473 + 296: ...; so 769. Response 1: 769 vs 769: 7 7 same, 6 6 same, 9 9 same; right, equation. Response 2: 759 vs 769: 7 7 same, 5 6 differs, 9 9 same; wrong, sentence.
     Scores: \\boxed{10, 2}
 
 - principles: the query's own criteria (its operands, and the form its instruction asks for);
 - the critique *shows its check*: the digit-by-digit computation (task.solve), then each response's
-  value and form compared with it; the scores follow from the notes (right 8, wrong 1, plus the
+  value compared with it digit by digit (task.compare_text: each pair side by side, a comparison a
+  small model learns) and its form named; the scores follow from the notes (right 8, wrong 1, plus the
   form's 0-2 points from task.form_points), so every mistake is visible in the text;
 - mistakes (`Slips`, drawn per judgment from its own seed): random slips (an operand digit
-  misread, a step off by one, a carry dropped, a response's value misread, a verdict flipped, a
+  misread, a step off by one, a carry dropped, a response's value misread, a digit pair miscalled, a
   form misnamed) and systematic ones: a few misremembered facts (`MISREMEMBERED`, e.g. 7*8=54)
   recalled wrong most of the time, so some items are wrong in every sample;
 - hinted sampling (`hint`: the best response's shown position, GRM_SPEC §4): a judgment that
@@ -35,8 +36,8 @@ from dataclasses import dataclass
 from .. import grm
 from ..rewards import best_index
 from ..voting import permute
-from .task import (FORMS, INSTRUCTIONS, carry_out, form_points, is_best_form, operand_digits, parse_question,
-                   parse_response, step, steps_value, work_text)
+from .task import (FORMS, INSTRUCTIONS, carry_out, compare_text, digit_marks, form_points, is_best_form,
+                   operand_digits, parse_question, parse_response, step, steps_value, work_text)
 
 OP_NOUNS = {"+": "sum", "-": "difference", "*": "product"}
 # Misremembered facts: (op, x as written, y) -> error added to the step result, applied with
@@ -54,7 +55,7 @@ class Slips:
     carry: float = 0.15    # a carry or borrow dropped, per step that has one
     blind: float = 0.8     # a misremembered fact recalled wrong, per use
     read: float = 0.04     # a response's value misread (one digit off by one), per response
-    compare: float = 0.03  # a right/wrong verdict flipped, per response
+    compare: float = 0.05  # one digit pair miscalled (same <-> differs), per response
     form: float = 0.03     # a response's form misnamed, per response
     recheck: float = 0.5   # hinted: a disagreement is re-solved once more (else shortcut to the hint)
 
@@ -97,7 +98,7 @@ def _read_operand(rng, n: int, slips: Slips) -> int:
 
 
 def notes(question, shown: list[str], rng: random.Random, slips: Slips):
-    """One fallible check: (a, b as read, steps, value, [(value read, right?, form named)])."""
+    """One fallible check: (a, b as read, steps, value, [(value read, digit marks, right?, form named)])."""
     a0, op, b0, _ = parse_question(question)
     a, b = _read_operand(rng, a0, slips), _read_operand(rng, b0, slips)
     if op == "-" and a <= b:
@@ -109,19 +110,31 @@ def notes(question, shown: list[str], rng: random.Random, slips: Slips):
         x, form = parse_response(r)
         if x is not None and rng.random() < slips.read:
             x = _misread(rng, x)
-        right = x == value
-        if rng.random() < slips.compare:
-            right = not right
+        marks = None if x is None else digit_marks(x, value)
+        if marks and rng.random() < slips.compare:  # one digit pair miscalled
+            i = rng.randrange(len(marks))
+            marks[i] = not marks[i]
         if rng.random() < slips.form:
             form = rng.choice([f for f in FORMS if f != form])
-        verdicts.append((x, right, form))
+        verdicts.append((x, marks, bool(marks) and all(marks), form))
     return a, b, steps, value, verdicts
+
+
+def shortcut(verdicts, hint: int):
+    """The notes rewritten to agree with the hint whatever the digits said: the hinted response's
+    digits all called the same, another's last digit called different (visible in the text)."""
+    out = []
+    for i, (x, marks, _, form) in enumerate(verdicts):
+        if marks is not None:
+            marks = [True] * len(marks) if i == hint else marks[:-1] + [False] if all(marks) else marks
+        out.append((x, marks, i == hint, form))
+    return out
 
 
 def scores_of(instruction, verdicts, binary: bool) -> list[int]:
     if binary:
-        return [int(right and is_best_form(instruction, form)) for _, right, form in verdicts]
-    return [(8 if right else 1) + form_points(instruction, form) for _, right, form in verdicts]
+        return [int(right and is_best_form(instruction, form)) for *_, right, form in verdicts]
+    return [(8 if right else 1) + form_points(instruction, form) for *_, right, form in verdicts]
 
 
 def principles_line(op: str, instruction) -> str:
@@ -133,8 +146,8 @@ def principles_line(op: str, instruction) -> str:
 
 def render(question, a, b, steps, value, verdicts, scores, binary: bool, principles: bool) -> str:
     _, op, _, instruction = parse_question(question)
-    said = [f"{'Response' if binary else f'Response {i}'}: {'no number' if x is None else x}, "
-            f"{'right' if right else 'wrong'}, {form}." for i, (x, right, form) in enumerate(verdicts, start=1)]
+    said = [f"{'Response' if binary else f'Response {i}'}: {'no number' if x is None else compare_text(x, value, marks)}; "
+            f"{'right' if right else 'wrong'}, {form}." for i, (x, marks, right, form) in enumerate(verdicts, start=1)]
     lines = [principles_line(op, instruction)] if principles else []
     lines += [f"Analysis: {work_text(a, op, b, steps)}. {' '.join(said)}",
               f"Scores: \\boxed{{{', '.join(map(str, scores))}}}"]
@@ -152,7 +165,7 @@ def judgment(question, shown: list[str], rng: random.Random, slips: Slips = Slip
         if rng.random() < slips.recheck:  # solve once more (and keep that attempt, right or not)
             a, b, steps, value, verdicts = notes(question, shown, rng, slips)
         else:  # shortcut: the notes agree with the hint, whatever the computation said
-            verdicts = [(x, i == hint, form) for i, (x, _, form) in enumerate(verdicts)]
+            verdicts = shortcut(verdicts, hint)
         scores = scores_of(instruction, verdicts, binary)
     return render(question, a, b, steps, value, verdicts, scores, binary, principles)
 
