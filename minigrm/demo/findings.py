@@ -50,6 +50,8 @@ def _params(folder: Path) -> str:
 
 def item_correct(out: Path, name: str, setting: str, seed: int = 0) -> dict:
     """{item id: correct (paper's tie rule)} for Greedy or Voting@1 of one eval folder."""
+    if setting not in ("Greedy", "Voting@1"):
+        raise ValueError(f"item_correct reads one judgment per item: Greedy or Voting@1, not {setting!r}")
     items = {str(it.id): it for it in load_items(out / "data" / "test.jsonl")}
     sample = grm.GREEDY if setting == "Greedy" else 0
     got = {}

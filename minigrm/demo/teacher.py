@@ -6,13 +6,15 @@ the stronger sampler is this program: it judges the way the student must learn t
 paper's three-line format, and it errs the way a capable but fallible judge errs:
 
     Specific Criteria: 1. Correctness (Weight: 80%): the exact sum of 473 and 296. 2. Format (Weight: 20%): the equation, as asked.
-    Analysis: 473 + 296: ...; so 769. Response 1: 769 vs 769: 7 7 same, 6 6 same, 9 9 same; right, equation. Response 2: 759 vs 769: 7 7 same, 5 6 differs, 9 9 same; wrong, sentence.
+    Analysis: 473 + 296: ...; so 769. Response 1: 769 vs 769: 7 7 same, 6 6 same, 9 9 same; right, equation (1 of 2). Response 2: 759 vs 769: 7 7 same, 5 6 differs, 9 9 same; wrong, sentence (2 of 2).
     Scores: \\boxed{10, 2}
 
 - principles: the query's own criteria (its operands, and the form its instruction asks for);
 - the critique *shows its check*: the digit-by-digit computation (task.solve), then each response's
   value compared with it digit by digit (task.compare_text: each pair side by side, a comparison a
-  small model learns) and its form named; the scores follow from the notes (right 8, wrong 1, plus the
+  small model learns) and its form named; each entry ends with which of how many it is ("(2 of
+  3)"), so whether another follows is read from the entry just written, not found again in the
+  prompt each time (without it the demo's GRM stopped after 2 of 3 responses in 28% of lists); the scores follow from the notes (right 8, wrong 1, plus the
   form's 0-2 points from task.form_points), so every mistake is visible in the text;
 - mistakes (`Slips`, drawn per judgment from its own seed): random slips (an operand digit
   misread, a step off by one, a carry dropped, a response's value misread, a digit pair miscalled, a
@@ -146,8 +148,10 @@ def principles_line(op: str, instruction) -> str:
 
 def render(question, a, b, steps, value, verdicts, scores, binary: bool, principles: bool) -> str:
     _, op, _, instruction = parse_question(question)
+    n = len(verdicts)
     said = [f"{'Response' if binary else f'Response {i}'}: {'no number' if x is None else compare_text(x, value, marks)}; "
-            f"{'right' if right else 'wrong'}, {form}." for i, (x, marks, right, form) in enumerate(verdicts, start=1)]
+            f"{'right' if right else 'wrong'}, {form}{'' if binary else f' ({i} of {n})'}."
+            for i, (x, marks, right, form) in enumerate(verdicts, start=1)]
     lines = [principles_line(op, instruction)] if principles else []
     lines += [f"Analysis: {work_text(a, op, b, steps)}. {' '.join(said)}",
               f"Scores: \\boxed{{{', '.join(map(str, scores))}}}"]
