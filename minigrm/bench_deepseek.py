@@ -150,7 +150,7 @@ def decode_roofline(config: ModelConfig, batches=(1, 64, 256), context: int = 15
         logits = torch.empty(B, config.vocab_size, device=device, dtype=dtype)
 
         def step():
-            attn = DecodeAttention(caches, None, slots, tables, lens, latent_width=blocks_per_seq, all_valid=True)
+            attn = DecodeAttention(caches, None, slots, tables, lens, all_valid=True)
             logits.copy_(model.lm_head(model.model(ids, positions, attn)[0]))
 
         expert_bytes, experts_per_layer = active_expert_bytes(model, step)  # also the warm-up

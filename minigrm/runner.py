@@ -46,6 +46,11 @@ class ModelRunner:
         self.groups = None  # cascade.CascadeGroups of the current rows
         self._groups_key = None
 
+    @property
+    def cascade_on(self) -> bool:
+        """Whether decode builds shared-prefix groups (never for MLA: no latent cascade yet)."""
+        return not self.mla and self.cascade_min_tokens < 10**9
+
     def release(self, seq) -> None:
         """A sequence left the running set (finished or preempted): free its state row."""
         self.state.remove(seq)
@@ -91,7 +96,7 @@ class ModelRunner:
         st.dirty, self._groups_key = False, key
         seqs = st.seqs[:n]
         self.groups = None
-        if n > 1 and self.cascade_min_tokens < 10**9:
+        if n > 1 and self.cascade_on:
             min_blocks = max(1, -(-self.cascade_min_tokens // self.block_size))
             H, Hkv = self.model.config.num_attention_heads, self.model.config.num_key_value_heads
             kernel = use_triton(st.lens)
@@ -108,7 +113,9 @@ class ModelRunner:
         st, bs = self.state, self.block_size
         lens = st.lens[:b]
         pos = lens.long() - 1  # (b,) the fed token's position
-        tables = st.tables[:b] if valid is not None else st.tables[:b, :st.width]  # eager: only used columns
+        # eager: only the used columns (the torch paths read every column they get); a graph
+        # bakes in the full width (the kernels read each row only up to its length)
+        tables = st.tables[:b] if valid is not None else st.tables[:b, :st.width]
         slots = tables.gather(1, (pos // bs)[:, None])[:, 0].long() * bs + pos % bs
         if valid is not None:
             slots = slots.masked_fill(~valid, -1)
@@ -120,7 +127,7 @@ class ModelRunner:
             g.suffix_blocks = max(map(lambda s, a: len(s.block_table) - a, st.seqs[:b], g.start_blocks))
         groups = groups if capture else self.groups
         if self.mla:
-            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, latent_width=st.width)
+            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, all_valid=valid is None)
         else:
             attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
                                    all_valid=valid is None)

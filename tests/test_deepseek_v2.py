@@ -13,6 +13,7 @@ from factories import PROMPTS, assert_triton_equals_torch, engine, hf_model, max
 from minigrm import mla
 from minigrm.kernels import mla_decode
 from minigrm.config import ModelConfig
+from minigrm.cuda_graphs import DecodeGraphs
 from minigrm.engine import teacher_forced_logprobs
 from minigrm.kv_cache import allocate_kv_cache, kv_bytes_per_token
 from minigrm.layers import apply_rope
@@ -235,9 +236,44 @@ def test_engine_on_triton_kernels_equals_torch_path(tmp_path):
     assert_triton_equals_torch(minigrm.load_model(save_hf(hf_model("deepseek_v2", **VARIANTS["qlora-grouped"]), tmp_path)))
 
 
-def test_engine_refuses_cuda_graphs_for_mla(pair):
-    with pytest.raises(ValueError, match="MLA"):
-        engine(pair[1], cuda_graphs=True)
+class EagerReplay(DecodeGraphs):
+    """What a CUDA-graph replay computes, run eagerly (CPU): bucket-sized passes whose rows past
+    the live count are padding (slot -1, length 1, full-width tables)."""
+
+    def capture(self):
+        self.graphs = dict.fromkeys(self.sizes)
+
+    def replay(self, n):
+        b = next(s for s in self.sizes if s >= n)
+        self.buckets_run.add(b)
+        return self.body(b)[:, :n]
+
+
+@pytest.mark.parametrize("family", ["deepseek_v2", "llama"])
+def test_graph_body_with_padding_rows_equals_eager(family, tmp_path):
+    """MLA decode in CUDA graphs: the graph body (padding rows masked on the device, latent rows
+    stored through the masked store) gives the eager engine's tokens and logprobs, and padding
+    rows write nothing into the cache; the dense body (no cascade: the torch path) likewise."""
+    model = minigrm.load_model(save_hf(hf_model(family), tmp_path))
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=9, ignore_eos=True, seed=5)
+    ref = engine(model, cascade=False, max_num_seqs=12).generate(PROMPTS, params)
+    e = engine(model, cascade=False, max_num_seqs=12)
+    e.runner.graphs = EagerReplay(e.runner, 12)
+    e.runner.graphs.buckets_run = set()
+    e.runner.graphs.ensure_captured()
+    out = e.generate(PROMPTS, params)
+    assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in ref]
+    # (full-width tables change the fp32 reductions' blocking, not their values beyond rounding)
+    assert max(abs(x - y) for g, h in zip(out, ref) for a, b in zip(g, h) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+    n_rows = sum(1 for g in out for _ in g)
+    assert max(e.runner.graphs.buckets_run) > n_rows  # buckets with padding rows ran
+    # a pass whose rows are all padding writes nothing (a slot of -1 must not wrap to the last slot)
+    cache = e.runner.k_cache[0]
+    cache.fill_(7.0)
+    e.runner.state.num_rows_t.fill_(0)
+    with torch.inference_mode():
+        e.runner.graphs.body(4)
+    assert (cache == 7.0).all()
 
 
 def test_bf16_close_to_transformers(pair):
