@@ -125,12 +125,9 @@ class ModelRunner:
             # the torch suffix's width: each row's blocks past its start, as rows grow (O(rows) ints)
             g = self.groups
             g.suffix_blocks = max(map(lambda s, a: len(s.block_table) - a, st.seqs[:b], g.start_blocks))
-        groups = groups if capture else self.groups
-        if self.mla:
-            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, all_valid=valid is None)
-        else:
-            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
-                                   all_valid=valid is None)
+        groups = groups if capture else self.groups  # None for MLA (cascade_on), which has no fused RoPE either
+        attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
+                               all_valid=valid is None)
         h = self.model.model(st.tokens[:b][None], pos[None], attn)[0]  # (b, C)
         logits = self.model.lm_head(h)  # (b, V)
         tok, lp = self._sample(logits, slice(0, b))

@@ -51,7 +51,7 @@ def _check(k, v, k_cache, v_cache, slot_mapping):
                          f"{tuple(slot_mapping.shape)} {slot_mapping.dtype}")
 
 
-def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
+def store_kv_triton(k, v, k_cache, v_cache, slot_mapping, has_v: bool = True):
     _check(k, v, k_cache, v_cache, slot_mapping)
     N, Hkv, D = k.shape
     for name, t in (("k", k), ("v", v)):
@@ -65,7 +65,7 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
     if N > 0:
         grid = (N, triton.cdiv(ROW, BLOCK))
         _store_kv_kernel[grid](k, v, k_cache, v_cache, slot_mapping.contiguous(),
-                               k.stride(0), v.stride(0), ROW, BLOCK=BLOCK, HAS_V=v is not k, num_warps=4)
+                               k.stride(0), v.stride(0), ROW, BLOCK=BLOCK, HAS_V=has_v, num_warps=4)
 
 
 def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False, has_v: bool = True):
@@ -93,7 +93,7 @@ def store_latent(rows, cache, slot_mapping, all_valid: bool = False):
     slot_mapping (negative: skip, as store_kv: CUDA-graph padding rows write nothing). In place."""
     rows = rows[:, None]  # (N, 1, R + Dr): one "head", no V (the kernel's HAS_V=False)
     if use_triton(rows):
-        store_kv_triton(rows, rows, cache, cache, slot_mapping)
+        store_kv_triton(rows, rows, cache, cache, slot_mapping, has_v=False)
     else:
         store_kv_ref(rows, rows, cache, cache, slot_mapping, all_valid, has_v=False)
 
