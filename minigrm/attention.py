@@ -93,4 +93,4 @@ class DecodeAttention:
         cache = self.k_cache[module.layer_idx]  # (num_blocks, block_size, 1, R + Dr)
         store_latent(torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1), cache, self.slot_mapping,  # (B, R + Dr)
                      self.all_valid)  # graph padding rows (slot -1) write nothing
-        return module.latent_decode(q_nope[0], q_pe[0], cache, self.tables, self.lens)[None]
+        return module.latent_decode(q_nope[0], q_pe[0], cache, self.tables, self.lens, self.groups)[None]

@@ -20,7 +20,7 @@ Graph memory is counted in the KV sizing (memory.py). The slow twin is the eager
 """
 import torch
 
-from .cascade import CascadeGroups
+from .cascade import CascadeGroups, kernel_group_rows
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -33,8 +33,7 @@ class DecodeGraphs:
         self.runner = runner
         self.sizes = buckets(max_num_seqs)
         R, dev = max(self.sizes), runner.device
-        c = runner.model.config
-        self.max_rows = max(1, 64 // (c.num_attention_heads // c.num_key_value_heads))  # rows per group tile
+        self.max_rows = kernel_group_rows(runner.model.config)  # rows per group tile
         W = runner.state.max_blocks
         rows = torch.full((R, self.max_rows), -1, dtype=torch.int32, device=dev)  # at most R groups
         self.groups = CascadeGroups(rows, torch.zeros(R, W, dtype=torch.int32, device=dev),

@@ -47,7 +47,8 @@ class Engine:
     `gpu_memory_utilization` with a profiled warm-up (memory.py); `num_blocks` overrides both.
     `cuda_graphs`: decode passes replayed from CUDA graphs on CUDA unless False (MLA models too:
     latent kernel, masked latent store). `cascade`: shared-prefix decode attention for groups of
-    rows sharing >= runner.cascade_min_tokens of prompt (not for MLA models: no latent cascade)."""
+    rows sharing >= runner.cascade_min_tokens of prompt (MLA models too: latent attention with
+    shared prefixes)."""
 
     def __init__(self, model, tokenizer, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_model_len: int | None = None,

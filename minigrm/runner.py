@@ -19,7 +19,7 @@ step returns the sequences in that order with their tokens.
 import torch
 
 from .attention import DecodeAttention, PrefillAttention, Rope
-from .cascade import build_groups
+from .cascade import build_groups, kernel_group_rows
 from .decode_state import DecodeState
 from .kernels import use_triton
 from .kernels.prefill_attention import PrefillMeta
@@ -48,8 +48,8 @@ class ModelRunner:
 
     @property
     def cascade_on(self) -> bool:
-        """Whether decode builds shared-prefix groups (never for MLA: no latent cascade yet)."""
-        return not self.mla and self.cascade_min_tokens < 10**9
+        """Whether decode builds shared-prefix groups (MLA too: latent attention with groups)."""
+        return self.cascade_min_tokens < 10**9
 
     def release(self, seq) -> None:
         """A sequence left the running set (finished or preempted): free its state row."""
@@ -98,9 +98,8 @@ class ModelRunner:
         self.groups = None
         if n > 1 and self.cascade_on:
             min_blocks = max(1, -(-self.cascade_min_tokens // self.block_size))
-            H, Hkv = self.model.config.num_attention_heads, self.model.config.num_key_value_heads
             kernel = use_triton(st.lens)
-            max_rows = max(1, 64 // (H // Hkv)) if kernel else None  # kernel tile: <= 64 stacked queries
+            max_rows = kernel_group_rows(self.model.config) if kernel else None  # the kernel's tile
             self.groups = build_groups([s.block_table for s in seqs], [len(s) for s in seqs], self.block_size,
                                        min_blocks, self.device, max_rows, singletons=not kernel)
         if self.graphs is not None:
@@ -125,7 +124,7 @@ class ModelRunner:
             # the torch suffix's width: each row's blocks past its start, as rows grow (O(rows) ints)
             g = self.groups
             g.suffix_blocks = max(map(lambda s, a: len(s.block_table) - a, st.seqs[:b], g.start_blocks))
-        groups = groups if capture else self.groups  # None for MLA (cascade_on), which has no fused RoPE either
+        groups = groups if capture else self.groups
         attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
                                all_valid=valid is None)
         h = self.model.model(st.tokens[:b][None], pos[None], attn)[0]  # (b, C)
