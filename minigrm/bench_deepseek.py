@@ -15,7 +15,7 @@ experts actually picked in each MoE layer: counted from the step's routing, sinc
 random weights the router spreads tokens as a trained one roughly does) plus every sequence's
 latent KV rows ((context + 1) * (kv_lora_rank + qk_rope_head_dim) per layer). Then
 tokens/s <= batch * bandwidth / bytes_per_step. With CUDA the step is captured in a CUDA graph
-(the engine cannot yet, issue 14), after an eager step checked with torch's sync debug mode.
+(as the engine does), after an eager step checked with torch's sync debug mode.
 """
 import argparse
 import time

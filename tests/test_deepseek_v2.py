@@ -314,3 +314,16 @@ def test_bf16_close_to_transformers(pair):
     with torch.no_grad():
         ref, out = hf(random_ids()).logits.float(), ours(random_ids()).float()
     assert max_diff(out, ref) < 0.1 * ref.abs().max()
+
+
+def test_bench_shape_has_v2_lite_attention_and_runs(capsys):
+    """The README's DeepSeek row: `bench --model random:deepseek-v2-mla` has V2-Lite's latent
+    attention (heads, rank, rope and nope widths) and runs (tiny workload, cascade on and off)."""
+    from minigrm import bench
+    shape = bench.SHAPES["deepseek-v2-mla"]
+    for key in ("num_attention_heads", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+        assert shape[key] == V2_LITE[key], key
+    for extra in ([], ["--no-cascade"]):
+        bench.main(["--model", "random:deepseek-v2-mla", "--prompts", "2", "--k", "2", "--prompt-len", "24",
+                    "--new-tokens", "3", "--no-hf", *extra])
+        assert "minigrm" in capsys.readouterr().out
