@@ -192,31 +192,31 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from minigrm.kernels import mla_decode
-name, extra = sys.argv[1], json.loads(sys.argv[2])
-fn = getattr(mla_decode, name)
-sig = {a: "*i32" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
-sig.update(q_ptr="*bf16", c_ptr="*bf16", o_ptr="*fp32", lse_ptr="*fp32", scale="fp32")
-consts = dict(R=512, DR=64, PAGE=16, BLOCK_H=16, BLOCK_R=512, BLOCK_P=64, BLOCK_N=32, PRECISION="tf32",
-              DOT_FP32=False, **extra)  # what the launcher picks for V2-Lite in bf16
-sig.update({k: "constexpr" for k in consts})
-src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
-cubin = os.path.join(tempfile.mkdtemp(), "k.cubin")
-open(cubin, "wb").write(kernel.asm["cubin"])
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
-print(json.dumps(dict(regs=int(regs), stack=int(stack), shared=kernel.metadata.shared, mma="mma.sync" in kernel.asm["ptx"])))
+for name, extra in json.loads(sys.argv[1]):
+    fn = getattr(mla_decode, name)
+    sig = {a: "*i32" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+    sig.update(q_ptr="*bf16", c_ptr="*bf16", o_ptr="*fp32", lse_ptr="*fp32", scale="fp32")
+    consts = dict(R=512, DR=64, PAGE=16, BLOCK_H=16, BLOCK_R=512, BLOCK_P=64, BLOCK_N=32, PRECISION="tf32",
+                  DOT_FP32=False, **extra)  # what the launcher picks for V2-Lite in bf16
+    sig.update({k: "constexpr" for k in consts})
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
+    cubin = os.path.join(tempfile.mkdtemp(), "k.cubin")
+    open(cubin, "wb").write(kernel.asm["cubin"])
+    usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    print(json.dumps(dict(kernel=name, regs=int(regs), stack=int(stack), shared=kernel.metadata.shared,
+                          mma="mma.sync" in kernel.asm["ptx"])))
 """
+# the V2-Lite variants the launchers pick: plain decode, cascade suffixes (from each row's start),
+# cascade prefix tiles of MLA_GROUP_ROWS rows x 16 heads (4 rows would spill)
+SM90_VARIANTS = [("_mla_split_kernel", dict(WRITE_LSE=True, HAS_START=False)),
+                 ("_mla_split_kernel", dict(WRITE_LSE=True, HAS_START=True)),
+                 ("_mla_prefix_kernel", dict(MAXR=MLA_GROUP_ROWS, BLOCK_M=16 * MLA_GROUP_ROWS))]
 
 
-@pytest.mark.parametrize("name,extra", [
-    ("_mla_split_kernel", dict(WRITE_LSE=True, HAS_START=False)),  # plain decode
-    ("_mla_split_kernel", dict(WRITE_LSE=True, HAS_START=True)),  # cascade: the private suffixes
-    # cascade: MLA_GROUP_ROWS rows x 16 heads stacked on the shared prefix (4 rows would spill)
-    ("_mla_prefix_kernel", dict(MAXR=MLA_GROUP_ROWS, BLOCK_M=16 * MLA_GROUP_ROWS)),
-])
-def test_mla_kernels_compile_for_sm90_without_spills(name, extra):
+def test_mla_kernels_compile_for_sm90_without_spills():
     """Compiled (not run) for H100/H200 with Triton's bundled toolchain: the V2-Lite variants
     fit the register file without spilling and use tensor-core mma."""
     import json
@@ -228,9 +228,11 @@ def test_mla_kernels_compile_for_sm90_without_spills(name, extra):
         pytest.skip("this triton build ships no NVIDIA toolchain")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out = subprocess.run([sys.executable, "-c", SM90_COMPILE, name, json.dumps(extra)], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", SM90_COMPILE, json.dumps(SM90_VARIANTS)], capture_output=True,
                          text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["regs"] <= 255 and r["stack"] == 0 and r["mma"] and r["shared"] <= 100 * 1024, r
+    reports = [json.loads(line) for line in out.stdout.strip().splitlines()[-len(SM90_VARIANTS):]]
+    assert [r["kernel"] for r in reports] == [name for name, _ in SM90_VARIANTS]
+    for r in reports:
+        assert r["regs"] <= 255 and r["stack"] == 0 and r["mma"] and r["shared"] <= 100 * 1024, r
