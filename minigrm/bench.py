@@ -203,12 +203,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.prompts = args.prompts or (32 if args.overhead else 4)
     args.new_tokens = args.new_tokens or (64 if args.overhead else 128)
-    if args.overhead:
-        torch.set_grad_enabled(False)
-        return overhead(args)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # (a context, not set_grad_enabled: a caller's grad mode is left as it was)
+        return overhead(args) if args.overhead else workload(args)
 
+
+def workload(args) -> None:
+    """The GRM sampling workload through minigrm and transformers; prints the table."""
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     folder = build_model_dir(args.model, dtype)
     model = load_model(folder, dtype=dtype, device=args.device)
     n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once

@@ -327,3 +327,4 @@ def test_bench_shape_has_v2_lite_attention_and_runs(capsys):
         bench.main(["--model", "random:deepseek-v2-mla", "--prompts", "2", "--k", "2", "--prompt-len", "24",
                     "--new-tokens", "3", "--no-hf", *extra])
         assert "minigrm" in capsys.readouterr().out
+        assert torch.is_grad_enabled()  # the caller's grad mode is left as it was
