@@ -49,7 +49,7 @@ import triton.language as tl
 
 from minigrm.cascade import cascade_decode_attention_ref
 from minigrm.kernels import cuda_ms, use_triton
-from minigrm.kernels.cascade_attention import prefix_splits
+from minigrm.kernels.cascade_attention import cascade_partials, prefix_splits
 from minigrm.kernels.paged_attention import _auto_splits, _dot, _merge_kernel
 
 BLOCK_H = 16
@@ -195,6 +195,16 @@ def _launch_options(q, BLOCK_R):
                 num_warps=8 if BLOCK_R >= 256 else 4, num_stages=2)
 
 
+def _merge(o, lse, out, num_splits: int, BLOCK_R: int):
+    """out (B, H, R) = the log-sum-exp merge of the partials (paged_attention.py's merge kernel;
+    8 warps beyond 32 splits of 512 floats, where 4 would spill)."""
+    B, H, R = out.shape
+    BLOCK_S = triton.next_power_of_2(num_splits)
+    _merge_kernel[(B, H)](o, lse, out, o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
+                          out.stride(0), out.stride(1), num_splits, D=R, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_R,
+                          num_warps=8 if BLOCK_S * BLOCK_R > 16384 else 4)
+
+
 def mla_decode_attention_triton(q, cache, block_tables, context_lens, scale, rank, num_splits=None):
     B, H, page, BLOCK_R, BLOCK_P, BLOCK_N = _kernel_sizes(q, cache, block_tables, context_lens, rank)
     D = q.shape[2]
@@ -204,8 +214,7 @@ def mla_decode_attention_triton(q, cache, block_tables, context_lens, scale, ran
     if S == 1:  # the split kernel normalises and writes `out` itself
         o, lse, so, sl = out, out, (out.stride(0), out.stride(1), 0), (0, 0)
     else:
-        o = torch.empty(B, H, S, rank, dtype=torch.float32, device=q.device)  # per-split outputs
-        lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device)  # their log2-sum-exp2
+        o, lse = cascade_partials(B, H, S, 0, rank, q.device)  # per-split outputs and log2-sum-exp2
         so, sl = (o.stride(0), o.stride(1), o.stride(2)), (lse.stride(0), lse.stride(1))
     _mla_split_kernel[(B, head_blocks, S)](
         q, cache, block_tables, context_lens.contiguous(), o, lse,
@@ -215,9 +224,7 @@ def mla_decode_attention_triton(q, cache, block_tables, context_lens, scale, ran
         WRITE_LSE=S > 1, HAS_START=False, **_launch_options(q, BLOCK_R),
     )
     if S > 1:
-        BLOCK_S = triton.next_power_of_2(S)
-        _merge_kernel[(B, H)](o, lse, out, *so, *sl, out.stride(0), out.stride(1), S,
-                              D=rank, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_R, num_warps=8 if BLOCK_S * BLOCK_R > 16384 else 4)
+        _merge(o, lse, out, S, BLOCK_R)
     return out
 
 
@@ -251,9 +258,7 @@ def mla_cascade_decode_attention_triton(q, cache, block_tables, context_lens, gr
     head_blocks = triton.cdiv(H, BLOCK_H)
     S = num_splits or _auto_splits(q, B, head_blocks, block_tables.shape[1] * page, BLOCK_N)
     P = num_prefix_splits or prefix_splits(groups, page)
-    o = torch.empty(B, H, S + P, rank, dtype=torch.float32, device=q.device)  # partial outputs
-    lse = torch.empty(B, H, S + P, dtype=torch.float32, device=q.device)  # their log2-sum-exp2
-    lse[:, :, S:].fill_(float("-inf"))  # rows outside every group: no prefix partials
+    o, lse = cascade_partials(B, H, S, P, rank, q.device)
     lens = context_lens.contiguous()
     so, sl = (o.stride(0), o.stride(1), o.stride(2)), (lse.stride(0), lse.stride(1))
     _mla_split_kernel[(B, head_blocks, S)](
@@ -272,9 +277,7 @@ def mla_cascade_decode_attention_triton(q, cache, block_tables, context_lens, gr
         **_launch_options(q, BLOCK_R),
     )
     out = torch.empty(B, H, rank, dtype=q.dtype, device=q.device)
-    BLOCK_S = triton.next_power_of_2(S + P)
-    _merge_kernel[(B, H)](o, lse, out, *so, *sl, out.stride(0), out.stride(1), S + P,
-                          D=rank, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_R, num_warps=8 if BLOCK_S * BLOCK_R > 16384 else 4)
+    _merge(o, lse, out, S + P, BLOCK_R)
     return out
 
 
