@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .cascade import CascadeGroups, cascade_decode_attention
-from .kernels.kv_store import store_kv
+from .kernels.kv_store import store_kv, store_latent
 from .kernels.paged_attention import gather_kv, paged_decode_attention
 from .kernels.prefill_attention import PrefillMeta, prefill_attention
 from .kernels.rope import apply_rope
@@ -56,8 +56,7 @@ class PrefillAttention:
         """`mla.MLAttention.forward`'s backend. q_nope (1, N, H, Dn), q_pe (1, N, H, Dr), c_kv
         (1, N, R), k_pe (1, N, 1, Dr) -> (1, N, H, Dv)."""
         cache, R = self.k_cache[module.layer_idx], module.rank  # (num_blocks, block_size, 1, R + Dr)
-        rows = torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1)  # (N, R + Dr)
-        cache.view(-1, cache.shape[-1])[self.slot_mapping] = rows.to(cache.dtype)
+        store_latent(torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1), cache, self.slot_mapping, all_valid=True)
         q_nope, q_pe = q_nope[0], q_pe[0]  # (N, H, Dn), (N, H, Dr)
         out = q_nope.new_empty(*q_nope.shape[:2], module.v_dim)  # (N, H, Dv)
         m = self.meta
@@ -70,14 +69,13 @@ class PrefillAttention:
 
 class DecodeAttention:
     def __init__(self, k_cache, v_cache, slot_mapping, tables, lens, groups: CascadeGroups | None = None,
-                 rope: Rope | None = None, latent_width: int | None = None, all_valid: bool = False):
+                 rope: Rope | None = None, all_valid: bool = False):
         self.k_cache, self.v_cache = k_cache, v_cache
         self.slot_mapping = slot_mapping  # (B,) -1: a padding row of a CUDA-graph bucket (no write)
         self.tables, self.lens = tables, lens  # (B, max_blocks) int32, (B,) int32
         self.groups = groups  # shared prefixes, or None: plain paged attention
         self.rope = rope
         self.fused_rope = rope is not None
-        self.latent_width = latent_width  # MLA reads the table up to this many blocks
         self.all_valid = all_valid  # no padding rows (eager steps): the torch store skips masking
 
     def attend(self, module, q, k, v):
@@ -93,7 +91,6 @@ class DecodeAttention:
 
     def attend_latent(self, module, q_nope, q_pe, c_kv, k_pe):
         cache = self.k_cache[module.layer_idx]  # (num_blocks, block_size, 1, R + Dr)
-        rows = torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1)  # (B, R + Dr)
-        cache.view(-1, cache.shape[-1])[self.slot_mapping] = rows.to(cache.dtype)  # eager: no slot < 0
-        tables = self.tables[:, :self.latent_width]  # the torch latent decode reads every column
-        return module.latent_decode(q_nope[0], q_pe[0], cache, tables, self.lens)[None]
+        store_latent(torch.cat([c_kv[0], k_pe[0, :, 0]], dim=-1), cache, self.slot_mapping,  # (B, R + Dr)
+                     self.all_valid)  # graph padding rows (slot -1) write nothing
+        return module.latent_decode(q_nope[0], q_pe[0], cache, self.tables, self.lens, self.groups)[None]

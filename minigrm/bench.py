@@ -37,6 +37,13 @@ SHAPES = {
     "gemma-2-2b": dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
                        query_pre_attn_scalar=256, sliding_window=4096, hidden_activation="gelu_pytorch_tanh"),
+    # DeepSeek-V2-Lite's latent attention (16 heads, rank 512, rope 64) in a 2-layer, hidden-512
+    # model: the MLA decode path (cascade on / off) at a size a CPU runs
+    "deepseek-v2-mla": dict(model_type="deepseek_v2", hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                            num_attention_heads=16, num_key_value_heads=16, kv_lora_rank=512, q_lora_rank=None,
+                            qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, head_dim=64,
+                            n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
+                            first_k_dense_replace=1, vocab_size=4096, tie_word_embeddings=False),
     # a few-MB model for dry runs of gpu_check on a CPU
     "tiny": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
@@ -196,12 +203,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.prompts = args.prompts or (32 if args.overhead else 4)
     args.new_tokens = args.new_tokens or (64 if args.overhead else 128)
-    if args.overhead:
-        torch.set_grad_enabled(False)
-        return overhead(args)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # (a context, not set_grad_enabled: a caller's grad mode is left as it was)
+        return overhead(args) if args.overhead else workload(args)
 
+
+def workload(args) -> None:
+    """The GRM sampling workload through minigrm and transformers; prints the table."""
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device == "cuda" else torch.float32)
     folder = build_model_dir(args.model, dtype)
     model = load_model(folder, dtype=dtype, device=args.device)
     n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once

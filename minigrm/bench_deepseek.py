@@ -15,7 +15,7 @@ experts actually picked in each MoE layer: counted from the step's routing, sinc
 random weights the router spreads tokens as a trained one roughly does) plus every sequence's
 latent KV rows ((context + 1) * (kv_lora_rank + qk_rope_head_dim) per layer). Then
 tokens/s <= batch * bandwidth / bytes_per_step. With CUDA the step is captured in a CUDA graph
-(the engine cannot yet, issue 14), after an eager step checked with torch's sync debug mode.
+(as the engine does), after an eager step checked with torch's sync debug mode.
 """
 import argparse
 import time
@@ -150,7 +150,7 @@ def decode_roofline(config: ModelConfig, batches=(1, 64, 256), context: int = 15
         logits = torch.empty(B, config.vocab_size, device=device, dtype=dtype)
 
         def step():
-            attn = DecodeAttention(caches, None, slots, tables, lens, latent_width=blocks_per_seq, all_valid=True)
+            attn = DecodeAttention(caches, None, slots, tables, lens, all_valid=True)
             logits.copy_(model.lm_head(model.model(ids, positions, attn)[0]))
 
         expert_bytes, experts_per_layer = active_expert_bytes(model, step)  # also the warm-up

@@ -16,7 +16,9 @@ go, so the runner rebuilds it then, not every step (`build_groups`). Here is the
 Python loop over groups. On CUDA `cascade_decode_attention` runs the Triton kernels of
 kernels/cascade_attention.py with the same groups. Both are pinned to the plain paged
 attention reference (`kernels.paged_attention.paged_decode_attention_ref`) by
-tests/test_cascade.py.
+tests/test_cascade.py. MLA (latent attention: one KV head, V = the first R columns of K) uses
+the same torch path with v_cache a view of k_cache (one gather serves both), and its own
+kernels on CUDA (kernels/mla_decode.py).
 """
 from dataclasses import dataclass, field
 
@@ -39,6 +41,19 @@ class CascadeGroups:
     suffix_blocks: int = 0  # host: max blocks of any row's suffix (the runner updates it as rows grow)
     prefix_kv: dict = field(default_factory=dict)  # torch path: each layer's gathered prefix K/V, kept
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
+
+
+# MLA on the GPU: rows per prefix tile, each 16 heads of a 576-wide latent query (32 stacked
+# queries; open choice, unmeasured: 64 would need FlashMLA-style tiles in shared memory)
+MLA_GROUP_ROWS = 2
+
+
+def kernel_group_rows(config) -> int:
+    """Rows of one group the GPU prefix kernel stacks into a tile (larger groups are split):
+    <= 64 stacked queries for grouped-query attention, MLA_GROUP_ROWS for latent attention."""
+    if config.kv_lora_rank:
+        return MLA_GROUP_ROWS
+    return max(1, 64 // (config.num_attention_heads // config.num_key_value_heads))
 
 
 def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1,
@@ -107,6 +122,15 @@ def _gather(cache, blocks):
     return cache.index_select(0, blocks.reshape(-1)).view(*blocks.shape, *cache.shape[1:])
 
 
+def _gather_kv(k_cache, v_cache, blocks):
+    """(K, V) rows of `blocks` in fp32, (..., page, Hkv, D) each. MLA passes the latent cache as
+    K and its first R columns as V (a view of the same rows): one gather serves both."""
+    k = _gather(k_cache, blocks).float()
+    if v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride():
+        return k, k[..., :v_cache.shape[-1]]
+    return k, _gather(v_cache, blocks).float()
+
+
 def _attend(s, v, valid=None):
     """softmax(s) @ v and log-sum-exp from scores s (..., Lq, L) (consumed), v (..., L, D);
     `valid` masks keys (broadcast to s). lse = -inf and output 0 where no key is valid.
@@ -131,14 +155,15 @@ def _capped(s, softcap):
 def _suffix(q, k_cache, v_cache, block_tables, lens, start, n_blocks, softcap, window):
     """Each row against its own keys from `start` on, over n_blocks blocks (>= any row's
     suffix: a host int, no sync). q (B, Hkv, G, D) fp32, pre-scaled.
-    -> (out (B, Hkv, G, D) fp32, lse (B, Hkv, G))."""
+    -> (out (B, Hkv, G, Dv) fp32, lse (B, Hkv, G))."""
     page, W = k_cache.shape[1], block_tables.shape[1]
     first_block = start // page
     idx = first_block[:, None] + torch.arange(n_blocks, device=q.device)  # (B, n_blocks) logical blocks
     blocks = block_tables.gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
     positions = (idx[:, :, None] * page + torch.arange(page, device=q.device)).flatten(1)  # (B, L) absolute
-    k = _gather(k_cache, blocks).flatten(1, 2).float().permute(0, 2, 3, 1)  # (B, Hkv, D, L)
-    v = _gather(v_cache, blocks).flatten(1, 2).float().transpose(1, 2)  # (B, Hkv, L, D)
+    k, v = _gather_kv(k_cache, v_cache, blocks)
+    k = k.flatten(1, 2).permute(0, 2, 3, 1)  # (B, Hkv, D, L)
+    v = v.flatten(1, 2).transpose(1, 2)  # (B, Hkv, L, Dv)
     s = _capped(q @ k, softcap)  # (B, Hkv, G, L)
     query_pos = lens - 1
     valid = (positions >= start[:, None]) & (positions <= query_pos[:, None])  # (B, L)
@@ -149,17 +174,18 @@ def _suffix(q, k_cache, v_cache, block_tables, lens, start, n_blocks, softcap, w
 
 def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, window):
     """Every group's rows stacked against its shared prefix, read once per group.
-    q (B, Hkv, G, D) fp32, pre-scaled -> (out (B, Hkv, G, D), lse (B, Hkv, G)); lse = -inf
+    q (B, Hkv, G, D) fp32, pre-scaled -> (out (B, Hkv, G, Dv), lse (B, Hkv, G)); lse = -inf
     outside groups."""
     B, Hkv, G, D = q.shape
     NG, MAXR = groups.rows.shape
     rows = groups.rows.long().clamp_min(0)  # (NG, MAXR); padding reads row 0, dropped below
     key = k_cache.data_ptr()
     if key not in groups.prefix_kv:  # gathered once per layer while the groups stand
-        k = _gather(k_cache, groups.prefix_blocks).flatten(1, 2).float()  # (NG, Lp, Hkv, D)
-        v = _gather(v_cache, groups.prefix_blocks).flatten(1, 2).float()
-        groups.prefix_kv[key] = (k.permute(0, 2, 3, 1).contiguous(), v.transpose(1, 2).contiguous())
-    k, v = groups.prefix_kv[key]  # (NG, Hkv, D, Lp), (NG, Hkv, Lp, D)
+        k, v = _gather_kv(k_cache, v_cache, groups.prefix_blocks)  # (NG, NB, page, Hkv, D | Dv)
+        groups.prefix_kv[key] = (k.flatten(1, 2).permute(0, 2, 3, 1).contiguous(),
+                                 v.flatten(1, 2).transpose(1, 2).contiguous())
+    k, v = groups.prefix_kv[key]  # (NG, Hkv, D, Lp), (NG, Hkv, Lp, Dv)
+    Dv = v.shape[-1]
     Lp = k.shape[-1]
     qs = q[rows].permute(0, 2, 1, 3, 4).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
     s = _capped(qs @ k, softcap)  # (NG, Hkv, MAXR*G, Lp)
@@ -172,9 +198,9 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
         w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
         valid = w if valid is None else valid & w
     o, lse = _attend(s, v, valid)
-    o = o.view(NG, Hkv, MAXR, G, D).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, D)
+    o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
-    out = q.new_zeros(B, Hkv, G, D)
+    out = q.new_zeros(B, Hkv, G, Dv)
     out_lse = q.new_full((B, Hkv, G), NEG_INF)
     out[groups.member_rows] = o[groups.members]
     out_lse[groups.member_rows] = lse[groups.members]
@@ -191,8 +217,9 @@ def merge(o1, lse1, o2, lse2):
 def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
                                  scale, softcap=None, window=None):
     """q (B, H, D); block_tables (B, max_blocks); context_lens (B,); groups.suffix_blocks >=
-    every row's blocks past its start. -> (B, H, D), equal to paged decode attention. Torch,
-    no loop over groups."""
+    every row's blocks past its start. -> (B, H, Dv), equal to paged decode attention. Torch,
+    no loop over groups. MLA: k_cache the latent rows (one KV head of R + Dr), v_cache their
+    first R columns (a view), q the absorbed queries: latent attention with shared prefixes."""
     B, H, D = q.shape
     Hkv = k_cache.shape[2]
     qg = (q.float() * scale).view(B, Hkv, H // Hkv, D)  # scores come out scaled
@@ -200,7 +227,7 @@ def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens
     o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups.suffix_blocks,
                          softcap, window)
     o_p, lse_p = _prefixes(qg, k_cache, v_cache, groups, lens - 1, softcap, window)
-    return merge(o_p, lse_p, o_s, lse_s).reshape(B, H, D).to(q.dtype)
+    return merge(o_p, lse_p, o_s, lse_s).reshape(B, H, v_cache.shape[-1]).to(q.dtype)
 
 
 def cascade_decode_attention(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,

@@ -20,7 +20,7 @@ Graph memory is counted in the KV sizing (memory.py). The slow twin is the eager
 """
 import torch
 
-from .cascade import CascadeGroups
+from .cascade import CascadeGroups, kernel_group_rows
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -33,8 +33,7 @@ class DecodeGraphs:
         self.runner = runner
         self.sizes = buckets(max_num_seqs)
         R, dev = max(self.sizes), runner.device
-        c = runner.model.config
-        self.max_rows = max(1, 64 // (c.num_attention_heads // c.num_key_value_heads))  # rows per group tile
+        self.max_rows = kernel_group_rows(runner.model.config)  # rows per group tile
         W = runner.state.max_blocks
         rows = torch.full((R, self.max_rows), -1, dtype=torch.int32, device=dev)  # at most R groups
         self.groups = CascadeGroups(rows, torch.zeros(R, W, dtype=torch.int32, device=dev),
@@ -47,7 +46,7 @@ class DecodeGraphs:
 
     def _fingerprint(self):
         r = self.runner
-        return (r.cascade_min_tokens < 10**9,) + tuple(t.data_ptr() for t in r.model.parameters())
+        return (r.cascade_on,) + tuple(t.data_ptr() for t in r.model.parameters())
 
     def ensure_captured(self) -> None:
         """(Re)capture when the weights moved (or never captured). No sequence may be running."""
@@ -58,26 +57,29 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        r, st = self.runner, self.runner.state
+        st = self.runner.state
         self.graphs.clear()
         self.outputs.clear()
         st.num_rows_t.zero_()  # capture with every row invalid: nothing is written
         self.set_groups(None, 0)  # no stale group may name a row past a small bucket
-        r.state.dirty = True  # ... so the next step copies the live groups back in
-        groups = self.groups if r.cascade_min_tokens < 10**9 else None
+        st.dirty = True  # ... so the next step copies the live groups back in
         pool = None
         for b in reversed(self.sizes):  # largest first, so smaller ones reuse its pool
-            def body():
-                valid = torch.arange(b, device=r.device) < st.num_rows_t
-                return r.decode(b, valid, groups, capture=True)
-            body()  # warm-up: Triton compilation and allocator state before capture
+            self.body(b)  # warm-up: Triton compilation and allocator state before capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[b] = body()
+                self.outputs[b] = self.body(b)
             pool = graph.pool()
             self.graphs[b] = graph
         self.num_captures += 1
+
+    def body(self, b: int) -> torch.Tensor:
+        """What bucket b's graph holds: the decode pass over b rows, those past the live row
+        count (read on the device) masked as padding. -> (2, b) [tokens; logprobs]."""
+        r = self.runner
+        valid = torch.arange(b, device=r.device) < r.state.num_rows_t
+        return r.decode(b, valid, self.groups if r.cascade_on else None, capture=True)
 
     def fits(self, n: int) -> bool:
         return bool(self.graphs) and n <= self.sizes[-1]

@@ -45,9 +45,10 @@ def sample_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 class Engine:
     """Sampling engine over a model. Memory: `kv_cache_bytes` (any device) or, on CUDA,
     `gpu_memory_utilization` with a profiled warm-up (memory.py); `num_blocks` overrides both.
-    `cuda_graphs`: decode passes replayed from CUDA graphs on CUDA unless False (MLA models run
-    eager; True raises for them). `cascade`: shared-prefix decode attention for groups of rows
-    sharing >= runner.cascade_min_tokens of prompt."""
+    `cuda_graphs`: decode passes replayed from CUDA graphs on CUDA unless False (MLA models too:
+    latent kernel, masked latent store). `cascade`: shared-prefix decode attention for groups of
+    rows sharing >= runner.cascade_min_tokens of prompt (MLA models too: latent attention with
+    shared prefixes)."""
 
     def __init__(self, model, tokenizer, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_model_len: int | None = None,
@@ -58,11 +59,7 @@ class Engine:
             raise ValueError("Engine samples text: load a *ForCausalLM checkpoint, not a classifier")
         self.model, self.tokenizer = model, tokenizer
         p = next(model.parameters())
-        mla = bool(model.config.kv_lora_rank)
-        if cuda_graphs and mla:
-            raise ValueError("cuda_graphs: not for MLA models (the torch latent decode would read the "
-                             "graphs' full block-table width every step)")
-        graphs = p.is_cuda and use_triton(p) and not mla and cuda_graphs is not False
+        graphs = p.is_cuda and use_triton(p) and cuda_graphs is not False
         max_model_len = max_model_len or model.config.max_position_embeddings
         self.memory = {}
         if num_blocks is None:

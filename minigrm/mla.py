@@ -32,7 +32,7 @@ eps 1e-6 whatever rms_norm_eps says.
 import torch
 import torch.nn as nn
 
-from .kernels.mla_decode import mla_decode_attention
+from .kernels.mla_decode import mla_cascade_decode_attention, mla_decode_attention
 from .layers import RMSNorm, causal_attention
 
 EXPANDED_CHUNK_BYTES = 2**28  # inference: per-head K/V (or fp32 scores) materialised at once, at most
@@ -109,15 +109,18 @@ class MLAttention(nn.Module):
         k = torch.cat([k_nope, k_pe[:, :Tk].expand(-1, -1, self.n_heads, -1)], dim=-1)  # (b, Tk, H, Dn + Dr)
         return causal_attention(q, k, v, self.scale)
 
-    def latent_decode(self, q_nope, q_pe, cache, block_tables, context_lens):
+    def latent_decode(self, q_nope, q_pe, cache, block_tables, context_lens, groups=None):
         """The absorbed form, one query per sequence. q_nope (B, H, Dn), q_pe (B, H, Dr); cache
         (num_blocks, block_size, 1, R + Dr) rows [c_kv, k_pe]; block_tables (B, max_blocks);
-        context_lens (B,) -> (B, H, Dv)."""
+        context_lens (B,); groups: cascade.CascadeGroups (shared prefixes) or None -> (B, H, Dv)."""
         kv_b = self.kv_b_proj  # with a LoRA adapter (lora.py) the weight it applies is W + s B A
         w = (kv_b.effective_weight() if hasattr(kv_b, "effective_weight") else kv_b.weight)
         w = w.view(self.n_heads, self.nope + self.v_dim, self.rank)
         w_uk, w_uv = w[:, :self.nope], w[:, self.nope:]  # (H, Dn, R), (H, Dv, R)
         q_lat = torch.einsum("bhd,hdr->bhr", q_nope, w_uk)  # the nope query in latent space
         q = torch.cat([q_lat, q_pe.to(q_lat.dtype)], dim=-1).to(cache.dtype)  # (B, H, R + Dr) against the rows
-        o_lat = mla_decode_attention(q, cache, block_tables, context_lens, self.scale, self.rank)  # (B, H, R)
+        if groups is None:
+            o_lat = mla_decode_attention(q, cache, block_tables, context_lens, self.scale, self.rank)  # (B, H, R)
+        else:
+            o_lat = mla_cascade_decode_attention(q, cache, block_tables, context_lens, groups, self.scale, self.rank)
         return torch.einsum("bhr,hvr->bhv", o_lat.to(w_uv.dtype), w_uv)  # value up-projection after attention

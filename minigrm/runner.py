@@ -19,7 +19,7 @@ step returns the sequences in that order with their tokens.
 import torch
 
 from .attention import DecodeAttention, PrefillAttention, Rope
-from .cascade import build_groups
+from .cascade import build_groups, kernel_group_rows
 from .decode_state import DecodeState
 from .kernels import use_triton
 from .kernels.prefill_attention import PrefillMeta
@@ -45,6 +45,11 @@ class ModelRunner:
         self.cascade_min_tokens = 128
         self.groups = None  # cascade.CascadeGroups of the current rows
         self._groups_key = None
+
+    @property
+    def cascade_on(self) -> bool:
+        """Whether decode builds shared-prefix groups (MLA too: latent attention with groups)."""
+        return self.cascade_min_tokens < 10**9
 
     def release(self, seq) -> None:
         """A sequence left the running set (finished or preempted): free its state row."""
@@ -91,11 +96,10 @@ class ModelRunner:
         st.dirty, self._groups_key = False, key
         seqs = st.seqs[:n]
         self.groups = None
-        if n > 1 and self.cascade_min_tokens < 10**9:
+        if n > 1 and self.cascade_on:
             min_blocks = max(1, -(-self.cascade_min_tokens // self.block_size))
-            H, Hkv = self.model.config.num_attention_heads, self.model.config.num_key_value_heads
             kernel = use_triton(st.lens)
-            max_rows = max(1, 64 // (H // Hkv)) if kernel else None  # kernel tile: <= 64 stacked queries
+            max_rows = kernel_group_rows(self.model.config) if kernel else None  # the kernel's tile
             self.groups = build_groups([s.block_table for s in seqs], [len(s) for s in seqs], self.block_size,
                                        min_blocks, self.device, max_rows, singletons=not kernel)
         if self.graphs is not None:
@@ -108,7 +112,9 @@ class ModelRunner:
         st, bs = self.state, self.block_size
         lens = st.lens[:b]
         pos = lens.long() - 1  # (b,) the fed token's position
-        tables = st.tables[:b] if valid is not None else st.tables[:b, :st.width]  # eager: only used columns
+        # eager: only the used columns (the torch paths read every column they get); a graph
+        # bakes in the full width (the kernels read each row only up to its length)
+        tables = st.tables[:b] if valid is not None else st.tables[:b, :st.width]
         slots = tables.gather(1, (pos // bs)[:, None])[:, 0].long() * bs + pos % bs
         if valid is not None:
             slots = slots.masked_fill(~valid, -1)
@@ -119,11 +125,8 @@ class ModelRunner:
             g = self.groups
             g.suffix_blocks = max(map(lambda s, a: len(s.block_table) - a, st.seqs[:b], g.start_blocks))
         groups = groups if capture else self.groups
-        if self.mla:
-            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, latent_width=st.width)
-        else:
-            attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
-                                   all_valid=valid is None)
+        attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
+                               all_valid=valid is None)
         h = self.model.model(st.tokens[:b][None], pos[None], attn)[0]  # (b, C)
         logits = self.model.lm_head(h)  # (b, V)
         tok, lp = self._sample(logits, slice(0, b))

@@ -11,8 +11,10 @@ import transformers
 import minigrm
 from factories import PROMPTS, assert_triton_equals_torch, engine, hf_model, max_diff, random_ids, save_hf
 from minigrm import mla
+from minigrm import kernels
 from minigrm.kernels import mla_decode
 from minigrm.config import ModelConfig
+from minigrm.cuda_graphs import DecodeGraphs
 from minigrm.engine import teacher_forced_logprobs
 from minigrm.kv_cache import allocate_kv_cache, kv_bytes_per_token
 from minigrm.layers import apply_rope
@@ -229,15 +231,80 @@ def test_engine_logprobs_equal_full_forward_with_sharing_and_preemption(pair):
     assert [[c.token_ids for c in g] for g in outs] == [[c.token_ids for c in g] for g in big]
 
 
+def test_engine_cascade_equals_plain_latent_decode(pair, monkeypatch):
+    """Shared-prefix latent attention in the engine (the n samples of a prompt grouped on its
+    blocks) gives plain latent decode's tokens and logprobs; the groups were really used."""
+    _, ours, _ = pair
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=10, ignore_eos=True, seed=7)
+    calls = []
+    grouped = mla.mla_cascade_decode_attention
+    monkeypatch.setattr(mla, "mla_cascade_decode_attention", lambda *a: calls.append(a[4]) or grouped(*a))
+    on = engine(ours).generate(PROMPTS, params)
+    assert calls and all(g.prefix_len.min() > 0 for g in calls)
+    off = engine(ours, cascade=False).generate(PROMPTS, params)
+    assert [[c.token_ids for c in g] for g in on] == [[c.token_ids for c in g] for g in off]
+    assert max(abs(x - y) for g, h in zip(on, off) for a, b in zip(g, h) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+
+
 def test_engine_on_triton_kernels_equals_torch_path(tmp_path):
     """The GPU path (RMSNorm kernel on kv_a_layernorm's strided rows and q_a_layernorm, the MLA
     latent decode kernel, the sampler; interpreted on CPU) gives the torch path's tokens."""
     assert_triton_equals_torch(minigrm.load_model(save_hf(hf_model("deepseek_v2", **VARIANTS["qlora-grouped"]), tmp_path)))
 
 
-def test_engine_refuses_cuda_graphs_for_mla(pair):
-    with pytest.raises(ValueError, match="MLA"):
-        engine(pair[1], cuda_graphs=True)
+class EagerReplay(DecodeGraphs):
+    """What a CUDA-graph replay computes, run eagerly (CPU): bucket-sized passes whose rows past
+    the live count are padding (slot -1, length 1, full-width tables)."""
+
+    def capture(self):
+        self.graphs = dict.fromkeys(self.sizes)
+
+    def replay(self, n):
+        b = next(s for s in self.sizes if s >= n)
+        self.buckets_run.add(b)
+        return self.body(b)[:, :n]
+
+
+@pytest.mark.parametrize("family,cascade", [("deepseek_v2", False), ("llama", False), ("deepseek_v2", True)])
+def test_graph_body_with_padding_rows_equals_eager(family, cascade, tmp_path):
+    """MLA decode in CUDA graphs: the graph body (padding rows masked on the device, latent rows
+    stored through the masked store) gives the eager engine's tokens and logprobs, and padding
+    rows write nothing into the cache; the dense body (no cascade: the torch path) likewise.
+    With cascade, the body reads the static group buffers through the Triton kernels (MLA
+    cascade: suffix, stacked prefix, merge; interpreted on CPU)."""
+    model = minigrm.load_model(save_hf(hf_model(family), tmp_path))
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=9, ignore_eos=True, seed=5)
+    ref = engine(model, cascade=False, max_num_seqs=12).generate(PROMPTS, params)
+    if cascade:
+        kernels.set_backend("triton")
+    try:
+        e = engine(model, cascade=cascade, max_num_seqs=12)
+        e.runner.graphs = EagerReplay(e.runner, 12)
+        e.runner.graphs.buckets_run = set()
+        e.runner.graphs.ensure_captured()
+        out = e.generate(PROMPTS, params)
+        assert not cascade or e.runner.graphs.groups.prefix_len.max() > 0  # live groups reached the buffers
+    finally:
+        kernels.set_backend("auto")
+    assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in ref]
+    # (full-width tables change the fp32 reductions' blocking, not their values beyond rounding)
+    assert max(abs(x - y) for g, h in zip(out, ref) for a, b in zip(g, h)
+               for x, y in zip(a.logprobs, b.logprobs)) < (1e-4 if cascade else 1e-5)
+    n_rows = sum(1 for g in out for _ in g)
+    assert max(e.runner.graphs.buckets_run) > n_rows  # buckets with padding rows ran
+    # a pass whose rows are all padding writes nothing (a slot of -1 must not wrap to the last slot)
+    cache = e.runner.k_cache[0]
+    cache.fill_(7.0)
+    e.runner.state.num_rows_t.fill_(0)
+    e.runner.graphs.set_groups(None, 0)
+    if cascade:  # the static group buffers are the kernels' input (the torch twin takes live groups)
+        kernels.set_backend("triton")
+    try:
+        with torch.inference_mode():
+            e.runner.graphs.body(4)
+    finally:
+        kernels.set_backend("auto")
+    assert (cache == 7.0).all()
 
 
 def test_bf16_close_to_transformers(pair):
@@ -247,3 +314,17 @@ def test_bf16_close_to_transformers(pair):
     with torch.no_grad():
         ref, out = hf(random_ids()).logits.float(), ours(random_ids()).float()
     assert max_diff(out, ref) < 0.1 * ref.abs().max()
+
+
+def test_bench_shape_has_v2_lite_attention_and_runs(capsys):
+    """The README's DeepSeek row: `bench --model random:deepseek-v2-mla` has V2-Lite's latent
+    attention (heads, rank, rope and nope widths) and runs (tiny workload, cascade on and off)."""
+    from minigrm import bench
+    shape = bench.SHAPES["deepseek-v2-mla"]
+    for key in ("num_attention_heads", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+        assert shape[key] == V2_LITE[key], key
+    for extra in ([], ["--no-cascade"]):
+        bench.main(["--model", "random:deepseek-v2-mla", "--prompts", "2", "--k", "2", "--prompt-len", "24",
+                    "--new-tokens", "3", "--no-hf", *extra])
+        assert "minigrm" in capsys.readouterr().out
+        assert torch.is_grad_enabled()  # the caller's grad mode is left as it was

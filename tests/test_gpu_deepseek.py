@@ -1,7 +1,7 @@
 """GPU-only checks of DeepSeek-V2's fast paths (skipped without CUDA): the compiled MLA decode
 kernel against its twin, eagerly and replayed from a CUDA graph; the grouped-matmul MoE against
 the per-expert loop (values, gradients, no host sync, graph capture); the engine on CUDA
-against the CPU engine; the V2-Lite decode benchmark with a few layers."""
+against the CPU engine, and with graphs against without; the V2-Lite decode benchmark."""
 import pytest
 import torch
 
@@ -33,6 +33,26 @@ def test_compiled_mla_decode(dtype, tol, splits):
     args = (q, cache, tables, lens, 0.11, 512)
     out = mla_decode_attention_triton(*args, num_splits=splits)
     assert (out.float() - mla_decode_attention_ref(*args).float()).abs().max() < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+def test_compiled_mla_cascade_equals_plain_decode(dtype, tol):
+    """V2-Lite shapes: 4 prompts x 8 samples sharing 1,500-token prefixes (tiles of 2 rows x 16
+    heads), compiled, against the plain latent kernel."""
+    from minigrm.cascade import MLA_GROUP_ROWS, build_groups
+    from minigrm.kernels.mla_decode import mla_cascade_decode_attention_triton
+    torch.manual_seed(2)
+    page, R, Dr, H, pre, nb = 16, 512, 64, 16, 94, 6
+    tables = [[g * pre + j for j in range(pre)] + [4 * pre + 8 * nb * g + nb * r + j for j in range(nb)]
+              for g in range(4) for r in range(8)]
+    lens = [(pre + nb - 1) * page + 1 + (3 * i) % page for i in range(32)]
+    groups = build_groups(tables, lens, page, 8, "cuda", MLA_GROUP_ROWS)
+    cache = torch.randn(4 * pre + 32 * nb, page, 1, R + Dr, device="cuda", dtype=dtype)
+    q = torch.randn(32, H, R + Dr, device="cuda", dtype=dtype)
+    t = torch.tensor(tables, dtype=torch.int32, device="cuda")
+    ln = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = mla_cascade_decode_attention_triton(q, cache, t, ln, groups, 0.11, R)
+    assert (out.float() - mla_decode_attention_triton(q, cache, t, ln, 0.11, R).float()).abs().max() < tol
 
 
 def test_mla_decode_replays_from_a_cuda_graph():
@@ -100,6 +120,20 @@ def test_cuda_engine_equals_cpu_engine_for_deepseek_v2(dtype, tmp_path):
         assert gpu_ids == cpu_ids
     else:  # bf16 rounding differs by device; greedy paths may part late, never at the first token
         assert all(a[0] == b[0] for a, b in zip(gpu_ids, cpu_ids))
+
+
+def test_mla_engine_graphs_equal_eager(tmp_path):
+    """MLA decode replayed from the engine's CUDA graphs (padding rows masked, latent rows through
+    the masked store) = the eager engine, token for token, with admissions beside the replays."""
+    path = save_hf(hf_model("deepseek_v2"), tmp_path)
+    model = minigrm.load_model(path, device="cuda")
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=16, ignore_eos=True, seed=0)
+    outs = []
+    for graphs in (False, True):
+        e = Engine(model, None, block_size=16, num_blocks=64, max_num_seqs=8, cuda_graphs=graphs, progress=False)
+        outs.append([[c.token_ids for c in g] for g in e.generate(PROMPTS, params)])
+        assert (e.runner.graphs is not None) == graphs
+    assert outs[0] == outs[1]
 
 
 def test_deepseek_bench_runs_graphed_without_syncs():

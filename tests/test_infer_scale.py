@@ -16,7 +16,7 @@ from minigrm.data import load_items, read_jsonl
 from minigrm.judgments import settings_rows
 from minigrm.meta_rm import load_meta_rm
 
-ITEMS = [
+ONE_OF_EACH = [  # a pair (with a subset), a list, a single
     {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "2 + 3 = 6.", "subset": "math-prm"},
     {"prompt": [{"role": "user", "content": "Give a synonym of 'happy'."}], "responses": ["sad", "joyful", "angry"],
      "best": 1},
@@ -27,7 +27,7 @@ ITEMS = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "items.jsonl"
-    path.write_text("".join(json.dumps(it) + "\n" for it in ITEMS))
+    path.write_text("".join(json.dumps(it) + "\n" for it in ONE_OF_EACH))
     return path
 
 

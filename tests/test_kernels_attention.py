@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import minigrm.kernels as kernels  # noqa: E402
-from minigrm.kernels.kv_store import store_kv, store_kv_ref  # noqa: E402
+from minigrm.kernels.kv_store import store_kv, store_kv_ref, store_latent  # noqa: E402
 from minigrm.kernels.paged_attention import (  # noqa: E402
     gather_kv, paged_decode_attention, paged_decode_attention_ref)
 from minigrm.kernels.rmsnorm import rms_norm, rms_norm_ref  # noqa: E402
@@ -123,6 +123,28 @@ def test_store_kv_kernel_matches_reference_and_skips_negative_slots(triton_backe
     untouched[written] = False
     assert torch.equal(flat[untouched], flat_before[untouched])  # skipped and other rows kept
     assert torch.equal(flat[written], k[slots >= 0])
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_store_latent_writes_rows_and_skips_negative_slots(backend):
+    """MLA's one latent cache: the kernel (HAS_V=False, one tensor) and the torch twin write the
+    same rows; a slot of -1 (a CUDA-graph padding row) writes nothing, never the last slot."""
+    kernels.set_backend(backend)
+    g = gen(5)
+    N, W, num_blocks, page = 7, 40, 3, 4
+    rows = torch.randn(N, W, generator=g)
+    slots = torch.randperm(num_blocks * page - 1, generator=g)[:N]  # never the last slot
+    slots[[0, 5]] = -1
+    cache = torch.full((num_blocks, page, 1, W), 7.0)
+    try:
+        store_latent(rows, cache, slots)
+    finally:
+        kernels.set_backend("auto")
+    flat = cache.view(-1, W)
+    assert torch.equal(flat[slots[slots >= 0]], rows[slots >= 0])
+    untouched = torch.ones(num_blocks * page, dtype=torch.bool)
+    untouched[slots[slots >= 0]] = False
+    assert (flat[untouched] == 7.0).all()
 
 
 # ---------------------------------------------------------------- paged decode attention

@@ -12,7 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 import minigrm.kernels as kernels  # noqa: E402
 from minigrm import mla  # noqa: E402
 from minigrm.kernels import mla_decode  # noqa: E402
-from minigrm.kernels.mla_decode import mla_decode_attention, mla_decode_attention_ref  # noqa: E402
+from minigrm.cascade import MLA_GROUP_ROWS, build_groups  # noqa: E402
+from minigrm.kernels.mla_decode import (mla_cascade_decode_attention, mla_cascade_decode_attention_ref,  # noqa: E402
+                                        mla_decode_attention, mla_decode_attention_ref)
 
 ATTN32 = dict(atol=2e-5, rtol=2e-5)
 BF16 = dict(atol=2e-2, rtol=1.6e-2)  # ~2 bf16 ulp (the interpreter truncates fp32 -> bf16)
@@ -56,6 +58,46 @@ def test_mla_kernel_matches_twin(triton_backend, H, R, Dr, page):
     for splits in (None, 1, 2, 5):  # 5 splits: the short sequences get empty ones
         out = mla_decode_attention(*args, num_splits=splits)
         assert out.shape == (4, H, R) and out.dtype == q.dtype
+        torch.testing.assert_close(out, ref, **ATTN32)
+
+
+def shared_latent_case(groups, prefix_blocks, H, R, Dr, page, seed=0):
+    """Rows in groups that share `prefix_blocks[g]` leading blocks of latent rows, then 1-3 own
+    blocks each; physical blocks shuffled. -> q, cache, tables, lens as tensors and lists."""
+    g = torch.Generator().manual_seed(seed)
+    tables, lens, nxt = [], [], 0
+    for size, n_pre in zip(groups, prefix_blocks):
+        prefix = list(range(nxt, nxt + n_pre))
+        nxt += n_pre
+        for _ in range(size):
+            extra = int(torch.randint(1, 4, (1,), generator=g))
+            tables.append(prefix + list(range(nxt, nxt + extra)))
+            nxt += extra
+            lens.append((n_pre + extra - 1) * page + int(torch.randint(1, page + 1, (1,), generator=g)))
+    perm = torch.randperm(nxt, generator=g).tolist()
+    width = max(map(len, tables))
+    tables = [[perm[b] for b in t] + [-1] * (width - len(t)) for t in tables]
+    cache = torch.randn(nxt, page, 1, R + Dr, generator=g)
+    q = torch.randn(len(lens), H, R + Dr, generator=g) * 2
+    return q, cache, torch.tensor(tables, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), tables, lens
+
+
+@pytest.mark.parametrize("H,R,Dr,page", [(16, 64, 16, 8), (20, 48, 16, 4)])  # one / two head blocks
+def test_mla_cascade_equals_plain_latent_decode(triton_backend, H, R, Dr, page):
+    """Shared-prefix latent attention (groups of rows, prefixes of unequal length, a lone row)
+    equals plain latent decode: the torch twin with any grouping, and the kernel (rows of a
+    group stacked MLA_GROUP_ROWS at a time, the GPU's tiles) with any split counts."""
+    q, cache, t, ln, tables, lens = shared_latent_case((3, 2, 1, 4), (3, 1, 2, 2), H, R, Dr, page, seed=H)
+    ref = mla_decode_attention_ref(q, cache, t, ln, 0.3, R)
+    for max_rows, singletons in ((None, False), (None, True), (1, False)):
+        groups = build_groups(tables, lens, page, 1, "cpu", max_rows, singletons)
+        torch.testing.assert_close(mla_cascade_decode_attention_ref(q, cache, t, ln, groups, 0.3, R), ref, **ATTN32)
+    groups = build_groups(tables, lens, page, 1, "cpu", MLA_GROUP_ROWS)
+    assert groups.rows.shape == (5, MLA_GROUP_ROWS)  # 3 = 2 + 1, 2, 4 = 2 + 2 (the lone row: no group)
+    for splits, prefix_splits in ((None, None), (1, 1), (3, 2)):
+        out = mla_cascade_decode_attention(q, cache, t, ln, groups, 0.3, R)  if splits is None else \
+            mla_decode.mla_cascade_decode_attention_triton(q, cache, t, ln, groups, 0.3, R, splits, prefix_splits)
+        assert out.shape == (len(lens), H, R)
         torch.testing.assert_close(out, ref, **ATTN32)
 
 
@@ -145,30 +187,38 @@ def test_expanded_attention_in_chunks_equals_one_go(mla_layer, monkeypatch, B, T
 
 
 SM90_COMPILE = r"""
-import json, os, re, subprocess, tempfile
+import json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from minigrm.kernels.mla_decode import _mla_split_kernel as fn
-sig = {a: "i32" for a in fn.arg_names}
-sig.update(q_ptr="*bf16", c_ptr="*bf16", bt_ptr="*i32", lens_ptr="*i32", o_ptr="*fp32", lse_ptr="*fp32", scale="fp32")
-consts = dict(R=512, DR=64, PAGE=16, BLOCK_H=16, BLOCK_R=512, BLOCK_P=64, BLOCK_N=32, WRITE_LSE=True,
-              PRECISION="tf32", DOT_FP32=False)  # what the launcher picks for V2-Lite in bf16
-sig.update({k: "constexpr" for k in consts})
-src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
-cubin = os.path.join(tempfile.mkdtemp(), "k.cubin")
-open(cubin, "wb").write(kernel.asm["cubin"])
+from minigrm.kernels import mla_decode
 tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
-regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
-print(json.dumps(dict(regs=int(regs), stack=int(stack), shared=kernel.metadata.shared, mma="mma.sync" in kernel.asm["ptx"])))
+for name, extra in json.loads(sys.argv[1]):
+    fn = getattr(mla_decode, name)
+    sig = {a: "*i32" if a.endswith("_ptr") else "i32" for a in fn.arg_names}
+    sig.update(q_ptr="*bf16", c_ptr="*bf16", o_ptr="*fp32", lse_ptr="*fp32", scale="fp32")
+    consts = dict(R=512, DR=64, PAGE=16, BLOCK_H=16, BLOCK_R=512, BLOCK_P=64, BLOCK_N=32, PRECISION="tf32",
+                  DOT_FP32=False, **extra)  # what the launcher picks for V2-Lite in bf16
+    sig.update({k: "constexpr" for k in consts})
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
+    cubin = os.path.join(tempfile.mkdtemp(), "k.cubin")
+    open(cubin, "wb").write(kernel.asm["cubin"])
+    usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True).stdout
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    print(json.dumps(dict(kernel=name, regs=int(regs), stack=int(stack), shared=kernel.metadata.shared,
+                          mma="mma.sync" in kernel.asm["ptx"])))
 """
+# the V2-Lite variants the launchers pick: plain decode, cascade suffixes (from each row's start),
+# cascade prefix tiles of MLA_GROUP_ROWS rows x 16 heads (4 rows would spill)
+SM90_VARIANTS = [("_mla_split_kernel", dict(WRITE_LSE=True, HAS_START=False)),
+                 ("_mla_split_kernel", dict(WRITE_LSE=True, HAS_START=True)),
+                 ("_mla_prefix_kernel", dict(MAXR=MLA_GROUP_ROWS, BLOCK_M=16 * MLA_GROUP_ROWS))]
 
 
-def test_mla_kernel_compiles_for_sm90_without_spills():
-    """Compiled (not run) for H100/H200 with Triton's bundled toolchain: the V2-Lite variant
-    fits the register file without spilling and uses tensor-core mma."""
+def test_mla_kernels_compile_for_sm90_without_spills():
+    """Compiled (not run) for H100/H200 with Triton's bundled toolchain: the V2-Lite variants
+    fit the register file without spilling and use tensor-core mma."""
     import json
     import subprocess
     import sys
@@ -178,8 +228,11 @@ def test_mla_kernel_compiles_for_sm90_without_spills():
         pytest.skip("this triton build ships no NVIDIA toolchain")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    out = subprocess.run([sys.executable, "-c", SM90_COMPILE], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+    out = subprocess.run([sys.executable, "-c", SM90_COMPILE, json.dumps(SM90_VARIANTS)], capture_output=True,
+                         text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["regs"] <= 255 and r["stack"] == 0 and r["mma"] and r["shared"] <= 100 * 1024, r
+    reports = [json.loads(line) for line in out.stdout.strip().splitlines()[-len(SM90_VARIANTS):]]
+    assert [r["kernel"] for r in reports] == [name for name, _ in SM90_VARIANTS]
+    for r in reports:
+        assert r["regs"] <= 255 and r["stack"] == 0 and r["mma"] and r["shared"] <= 100 * 1024, r

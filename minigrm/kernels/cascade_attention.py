@@ -95,6 +95,15 @@ def prefix_splits(groups, page: int) -> int:
     return max(1, min(16, groups.prefix_blocks.shape[1] * page // 512))
 
 
+def cascade_partials(B: int, H: int, S: int, P: int, D: int, device):
+    """fp32 buffers for S suffix + P prefix partials per (row, head): outputs (B, H, S + P, D) and
+    their log2-sum-exp2 (B, H, S + P), the prefix slots -inf (rows outside every group have none)."""
+    o = torch.empty(B, H, S + P, D, dtype=torch.float32, device=device)
+    lse = torch.empty(B, H, S + P, dtype=torch.float32, device=device)
+    lse[:, :, S:].fill_(float("-inf"))
+    return o, lse
+
+
 def cascade_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, groups, scale,
                                     softcap=None, window=None, num_splits=None, num_prefix_splits=None):
     B, H, D, page, Hkv = _kernel_checks(q, k_cache, v_cache, block_tables, context_lens)
@@ -105,9 +114,7 @@ def cascade_decode_attention_triton(q, k_cache, v_cache, block_tables, context_l
     BLOCK_D, BLOCK_N = _tiles(D)
     S = num_splits or _auto_splits(q, B, Hkv, block_tables.shape[1] * page, BLOCK_N)
     P = num_prefix_splits or prefix_splits(groups, page)
-    o = torch.empty(B, H, S + P, D, dtype=torch.float32, device=q.device)  # partial outputs
-    lse = torch.empty(B, H, S + P, dtype=torch.float32, device=q.device)  # their log2-sum-exp2
-    lse[:, :, S:].fill_(float("-inf"))  # rows outside every group: no prefix partials
+    o, lse = cascade_partials(B, H, S, P, D, q.device)
     lens = context_lens.contiguous()
     launch_splits(q, k_cache, v_cache, block_tables, lens, scale, softcap, window, S, o, lse, groups.start)
     _prefix_kernel[(NG, Hkv, P)](

@@ -6,7 +6,8 @@ values must be contiguous); k_cache, v_cache (num_blocks, block_size, Hkv, D) co
 slot_mapping (N,) int64, slot = physical_block * block_size + offset_in_block. A negative
 slot means "skip this token" (padding rows of a CUDA-graph batch, or tokens whose KV a
 shared prefix block already holds): its cache rows are left untouched. Values are cast to
-the cache's dtype.
+the cache's dtype. `store_latent(rows, cache, slot_mapping)` is the same store for MLA's one
+latent cache (num_blocks, block_size, 1, R + Dr): rows (N, R + Dr), no V.
 
 Why a kernel: the reference is an index_put per tensor after a boolean mask (the mask makes
 a data-dependent shape: a host sync, and no CUDA graph). The kernel is one launch that
@@ -23,16 +24,17 @@ from minigrm.kernels import cuda_ms, use_triton
 def _store_kv_kernel(
     k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr,
     stride_kn, stride_vn, ROW,  # ROW = Hkv * D, the contiguous length of one token's K (or V)
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_V: tl.constexpr,  # HAS_V False: one tensor (MLA's latent rows)
 ):
     tok = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + tok).to(tl.int64)  # cache row = slot * ROW in the flat cache
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < tl.where(slot >= 0, ROW, 0)  # a negative slot masks every lane: no write
     k = tl.load(k_ptr + tok * stride_kn + offs, mask=mask)
-    v = tl.load(v_ptr + tok * stride_vn + offs, mask=mask)
     tl.store(kc_ptr + slot * ROW + offs, k.to(kc_ptr.dtype.element_ty), mask=mask)
-    tl.store(vc_ptr + slot * ROW + offs, v.to(vc_ptr.dtype.element_ty), mask=mask)
+    if HAS_V:
+        v = tl.load(v_ptr + tok * stride_vn + offs, mask=mask)
+        tl.store(vc_ptr + slot * ROW + offs, v.to(vc_ptr.dtype.element_ty), mask=mask)
 
 
 def _check(k, v, k_cache, v_cache, slot_mapping):
@@ -49,7 +51,7 @@ def _check(k, v, k_cache, v_cache, slot_mapping):
                          f"{tuple(slot_mapping.shape)} {slot_mapping.dtype}")
 
 
-def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
+def store_kv_triton(k, v, k_cache, v_cache, slot_mapping, has_v: bool = True):
     _check(k, v, k_cache, v_cache, slot_mapping)
     N, Hkv, D = k.shape
     for name, t in (("k", k), ("v", v)):
@@ -63,10 +65,10 @@ def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):
     if N > 0:
         grid = (N, triton.cdiv(ROW, BLOCK))
         _store_kv_kernel[grid](k, v, k_cache, v_cache, slot_mapping.contiguous(),
-                               k.stride(0), v.stride(0), ROW, BLOCK=BLOCK, num_warps=4)
+                               k.stride(0), v.stride(0), ROW, BLOCK=BLOCK, HAS_V=has_v, num_warps=4)
 
 
-def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False):
+def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False, has_v: bool = True):
     """The readable twin: flatten (block, offset) into one slot axis and index_put.
     `all_valid`: the caller knows no slot is negative (eager engine steps): no masking."""
     _check(k, v, k_cache, v_cache, slot_mapping)
@@ -74,7 +76,8 @@ def store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False):
         keep = slot_mapping >= 0  # (N,)
         slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
     k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping.long(), k.to(k_cache.dtype))  # (slots, Hkv, D)
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping.long(), v.to(v_cache.dtype))
+    if has_v:
+        v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping.long(), v.to(v_cache.dtype))
 
 
 def store_kv(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False):
@@ -83,6 +86,16 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping, all_valid: bool = False):
         store_kv_triton(k, v, k_cache, v_cache, slot_mapping)
     else:
         store_kv_ref(k, v, k_cache, v_cache, slot_mapping, all_valid)
+
+
+def store_latent(rows, cache, slot_mapping, all_valid: bool = False):
+    """MLA: write latent rows (N, R + Dr) into cache (num_blocks, block_size, 1, R + Dr) at
+    slot_mapping (negative: skip, as store_kv: CUDA-graph padding rows write nothing). In place."""
+    rows = rows[:, None]  # (N, 1, R + Dr): one "head", no V (the kernel's HAS_V=False)
+    if use_triton(rows):
+        store_kv_triton(rows, rows, cache, cache, slot_mapping, has_v=False)
+    else:
+        store_kv_ref(rows, rows, cache, cache, slot_mapping, all_valid, has_v=False)
 
 
 if __name__ == "__main__":

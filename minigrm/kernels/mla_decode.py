@@ -32,6 +32,14 @@ spill there). The split count comes from shapes alone (no host sync), the grid f
 shapes: the launch can be captured in a CUDA graph. With H > 16 (V2-236B: 128) each group of 16 heads
 reads the rows again; FlashMLA's 64-head wgmma tiles avoid that and are not reproduced here.
 Tested on CPU by the Triton interpreter (tests/test_kernels_mla.py) against the torch twin.
+
+Shared prefixes (`mla_cascade_decode_attention`, groups: cascade.CascadeGroups): the k samples
+of one prompt share its latent rows. The split kernel runs from each row's `start` (its private
+suffix); `_mla_prefix_kernel`, grid (group, head block, prefix split), stacks the group's rows
+(cascade.MLA_GROUP_ROWS = 2) x 16 heads into one 32-query tile, so each shared row is read once
+per two samples instead of once per sample; the merge kernel combines all partials. Compiled
+for sm_90: 213 registers, no spill, 86 KB shared (4 rows x 16 heads spill). The torch twin (and
+the CPU path) is cascade.py's, with the latent rows as K and their first R columns as V.
 """
 import os
 
@@ -39,7 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
+from minigrm.cascade import cascade_decode_attention_ref
 from minigrm.kernels import cuda_ms, use_triton
+from minigrm.kernels.cascade_attention import cascade_partials, prefix_splits
 from minigrm.kernels.paged_attention import _auto_splits, _dot, _merge_kernel
 
 BLOCK_H = 16
@@ -47,46 +57,61 @@ REF_CHUNK_BYTES = 2**26  # the torch twin works on at most ~64 MB of fp32 cache 
 
 
 @triton.jit
-def _mla_split_kernel(
-    q_ptr, c_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr,
-    stride_qb, stride_qh, stride_cb, stride_cs, stride_bt,
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
-    scale, num_splits, H,
-    R: tl.constexpr, DR: tl.constexpr, PAGE: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    WRITE_LSE: tl.constexpr, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
-):
-    b, hb, split = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-    length = tl.load(lens_ptr + b)
-    chunk = tl.cdiv(tl.cdiv(length, num_splits), BLOCK_N) * BLOCK_N  # whole tiles per split
-    start = split * chunk
-    end = tl.minimum(start + chunk, length)  # start >= end: an empty split, writes lse = -inf
-
-    offs_h, offs_n = hb * BLOCK_H + tl.arange(0, BLOCK_H), tl.arange(0, BLOCK_N)
-    offs_r, offs_p = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_P)
-    h_mask, r_mask, p_mask = offs_h < H, offs_r < R, offs_p < DR
-    q_row = q_ptr + b * stride_qb + offs_h[:, None] * stride_qh
-    q_lat = tl.load(q_row + offs_r[None, :], mask=h_mask[:, None] & r_mask[None, :], other=0.0)  # (BLOCK_H, BLOCK_R)
-    q_pe = tl.load(q_row + R + offs_p[None, :], mask=h_mask[:, None] & p_mask[None, :], other=0.0)  # (BLOCK_H, BLOCK_P)
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)  # running max, log2 units
-    l_i = tl.zeros([BLOCK_H], tl.float32)  # running sum of exp2(s - m_i)
-    acc = tl.zeros([BLOCK_H, BLOCK_R], tl.float32)
-    bt_row = bt_ptr + b * stride_bt
+def _latent_tiles(q_lat, q_pe, c_ptr, table_row, start, end, stride_cb, stride_cs, scale,
+                  R: tl.constexpr, DR: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                  PRECISION: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Online softmax of BLOCK_M latent queries over the cache rows [start, end) of one block
+    table: -> (acc (BLOCK_M, BLOCK_R) unnormalised, m_i running max and l_i sum, log2 units)."""
+    offs_n, offs_r, offs_p = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_P)
+    r_mask, p_mask = offs_r < R, offs_p < DR
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_R], tl.float32)
     for t in range(start, end, BLOCK_N):
         tok = t + offs_n  # (BLOCK_N,) logical positions
         valid = tok < end
-        page = tl.load(bt_row + tok // PAGE, mask=valid, other=0).to(tl.int64)
+        page = tl.load(table_row + tok // PAGE, mask=valid, other=0).to(tl.int64)
         rows = c_ptr + (page * stride_cb + (tok % PAGE) * stride_cs)[:, None]  # (BLOCK_N, 1) row starts
         c = tl.load(rows + offs_r[None, :], mask=valid[:, None] & r_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_R)
         k_pe = tl.load(rows + R + offs_p[None, :], mask=valid[:, None] & p_mask[None, :], other=0.0)  # (BLOCK_N, BLOCK_P)
         s = _dot(q_lat, tl.trans(c), PRECISION, DOT_FP32) + _dot(q_pe, tl.trans(k_pe), PRECISION, DOT_FP32)
-        s = tl.where(valid[None, :], s * (scale * 1.4426950408889634), float("-inf"))  # (BLOCK_H, BLOCK_N), log2 units
+        s = tl.where(valid[None, :], s * (scale * 1.4426950408889634), float("-inf"))  # (BLOCK_M, BLOCK_N), log2 units
         m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has a valid token
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + _dot(p.to(c.dtype), c, PRECISION, DOT_FP32)  # values: the same rows
         m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _mla_split_kernel(
+    q_ptr, c_ptr, bt_ptr, lens_ptr, o_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_cb, stride_cs, stride_bt,
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+    scale, num_splits, H, start_ptr,
+    R: tl.constexpr, DR: tl.constexpr, PAGE: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    WRITE_LSE: tl.constexpr, HAS_START: tl.constexpr, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    b, hb, split = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    length = tl.load(lens_ptr + b)
+    lo = 0  # first key of this program's range
+    if HAS_START:  # cascade: the keys before start[b] are the group's shared prefix, done apart
+        lo = tl.load(start_ptr + b)
+    chunk = tl.cdiv(tl.cdiv(length - lo, num_splits), BLOCK_N) * BLOCK_N  # whole tiles per split
+    start = lo + split * chunk
+    end = tl.minimum(start + chunk, length)  # start >= end: an empty split, writes lse = -inf
+
+    offs_h, offs_r, offs_p = hb * BLOCK_H + tl.arange(0, BLOCK_H), tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_P)
+    h_mask, r_mask, p_mask = offs_h < H, offs_r < R, offs_p < DR
+    q_row = q_ptr + b * stride_qb + offs_h[:, None] * stride_qh
+    q_lat = tl.load(q_row + offs_r[None, :], mask=h_mask[:, None] & r_mask[None, :], other=0.0)  # (BLOCK_H, BLOCK_R)
+    q_pe = tl.load(q_row + R + offs_p[None, :], mask=h_mask[:, None] & p_mask[None, :], other=0.0)  # (BLOCK_H, BLOCK_P)
+    acc, m_i, l_i = _latent_tiles(q_lat, q_pe, c_ptr, bt_ptr + b * stride_bt, start, end, stride_cb, stride_cs,
+                                  scale, R, DR, PAGE, BLOCK_H, BLOCK_R, BLOCK_P, BLOCK_N, PRECISION, DOT_FP32)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty split writes zeros
     o_ptrs = o_ptr + b * stride_ob + split * stride_os + offs_h[:, None] * stride_oh + offs_r[None, :]
@@ -94,6 +119,45 @@ def _mla_split_kernel(
     if WRITE_LSE:
         lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
         tl.store(lse_ptr + b * stride_lb + offs_h * stride_lh + split, lse, mask=h_mask)
+
+
+@triton.jit
+def _mla_prefix_kernel(
+    q_ptr, c_ptr, rows_ptr, pb_ptr, plen_ptr, o_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_cb, stride_cs, stride_rows, stride_pb,
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+    scale, num_splits, first_slot, H,
+    MAXR: tl.constexpr, R: tl.constexpr, DR: tl.constexpr, PAGE: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """Grid (group, head block, split of the prefix): the group's MAXR rows x BLOCK_H heads
+    stacked into one (BLOCK_M, R + Dr) query tile against its shared prefix, each latent row
+    read once for all of them; writes partial slot first_slot + split of each (row, head)."""
+    grp, hb, split = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    plen = tl.load(plen_ptr + grp)
+    if plen > 0:  # an unused group of the static (CUDA-graph) buffers does nothing
+        offs_m, offs_r, offs_p = tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_P)
+        r = offs_m // BLOCK_H  # stacked query m: row r of the group, head hb * BLOCK_H + m % BLOCK_H
+        head = hb * BLOCK_H + offs_m % BLOCK_H
+        row = tl.load(rows_ptr + grp * stride_rows + r, mask=r < MAXR, other=-1).to(tl.int64)
+        m_mask = (row >= 0) & (head < H)
+        row = tl.where(row >= 0, row, 0)
+        q_row = q_ptr + row[:, None] * stride_qb + head[:, None] * stride_qh
+        q_lat = tl.load(q_row + offs_r[None, :], mask=m_mask[:, None] & (offs_r < R)[None, :], other=0.0)
+        q_pe = tl.load(q_row + R + offs_p[None, :], mask=m_mask[:, None] & (offs_p < DR)[None, :], other=0.0)
+        chunk = tl.cdiv(tl.cdiv(plen, num_splits), BLOCK_N) * BLOCK_N
+        start = split * chunk
+        end = tl.minimum(start + chunk, plen)
+        acc, m_i, l_i = _latent_tiles(q_lat, q_pe, c_ptr, pb_ptr + grp * stride_pb, start, end, stride_cb,
+                                      stride_cs, scale, R, DR, PAGE, BLOCK_M, BLOCK_R, BLOCK_P, BLOCK_N,
+                                      PRECISION, DOT_FP32)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        slot = first_slot + split
+        tl.store(o_ptr + row[:, None] * stride_ob + head[:, None] * stride_oh + slot * stride_os + offs_r[None, :],
+                 out, mask=m_mask[:, None] & (offs_r < R)[None, :])
+        tl.store(lse_ptr + row * stride_lb + head * stride_lh + slot, lse, mask=m_mask)
 
 
 def _check(q, cache, block_tables, context_lens, rank):
@@ -114,36 +178,53 @@ def _check(q, cache, block_tables, context_lens, rank):
     return B, H, D, page
 
 
-def mla_decode_attention_triton(q, cache, block_tables, context_lens, scale, rank, num_splits=None):
+def _kernel_sizes(q, cache, block_tables, context_lens, rank):
+    """Checks and tile sizes shared by the kernels' launches: (B, H, page, BLOCK_R, BLOCK_P, BLOCK_N)."""
     B, H, D, page = _check(q, cache, block_tables, context_lens, rank)
     if page & (page - 1) or D > 1024:
         raise ValueError(f"MLA decode kernel: needs a power-of-two block_size (got {page}) and R + Dr <= 1024")
     if q.stride(2) != 1 or cache.stride(3) != 1:
         raise ValueError("MLA decode kernel: q and the cache need contiguous rows")
     BLOCK_R, BLOCK_P = max(16, triton.next_power_of_2(rank)), max(16, triton.next_power_of_2(D - rank))
-    BLOCK_N = 32 if BLOCK_R >= 256 else 64
+    return B, H, page, BLOCK_R, BLOCK_P, 32 if BLOCK_R >= 256 else 64
+
+
+def _launch_options(q, BLOCK_R):
+    return dict(PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and q.dtype != torch.float32,
+                num_warps=8 if BLOCK_R >= 256 else 4, num_stages=2)
+
+
+def _merge(o, lse, out, num_splits: int, BLOCK_R: int):
+    """out (B, H, R) = the log-sum-exp merge of the partials (paged_attention.py's merge kernel;
+    8 warps beyond 32 splits of 512 floats, where 4 would spill)."""
+    B, H, R = out.shape
+    BLOCK_S = triton.next_power_of_2(num_splits)
+    _merge_kernel[(B, H)](o, lse, out, o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
+                          out.stride(0), out.stride(1), num_splits, D=R, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_R,
+                          num_warps=8 if BLOCK_S * BLOCK_R > 16384 else 4)
+
+
+def mla_decode_attention_triton(q, cache, block_tables, context_lens, scale, rank, num_splits=None):
+    B, H, page, BLOCK_R, BLOCK_P, BLOCK_N = _kernel_sizes(q, cache, block_tables, context_lens, rank)
+    D = q.shape[2]
     head_blocks = triton.cdiv(H, BLOCK_H)
     S = num_splits or _auto_splits(q, B, head_blocks, block_tables.shape[1] * page, BLOCK_N)
     out = torch.empty(B, H, rank, dtype=q.dtype, device=q.device)  # (B, H, R)
     if S == 1:  # the split kernel normalises and writes `out` itself
         o, lse, so, sl = out, out, (out.stride(0), out.stride(1), 0), (0, 0)
     else:
-        o = torch.empty(B, H, S, rank, dtype=torch.float32, device=q.device)  # per-split outputs
-        lse = torch.empty(B, H, S, dtype=torch.float32, device=q.device)  # their log2-sum-exp2
+        o, lse = cascade_partials(B, H, S, 0, rank, q.device)  # per-split outputs and log2-sum-exp2
         so, sl = (o.stride(0), o.stride(1), o.stride(2)), (lse.stride(0), lse.stride(1))
     _mla_split_kernel[(B, head_blocks, S)](
         q, cache, block_tables, context_lens.contiguous(), o, lse,
         q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), block_tables.stride(0), *so, *sl,
-        float(scale), S, H,
+        float(scale), S, H, context_lens,
         R=rank, DR=D - rank, PAGE=page, BLOCK_H=BLOCK_H, BLOCK_R=BLOCK_R, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
-        WRITE_LSE=S > 1, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        DOT_FP32=os.environ.get("TRITON_INTERPRET") == "1" and q.dtype != torch.float32,
-        num_warps=8 if BLOCK_R >= 256 else 4, num_stages=2,
+        WRITE_LSE=S > 1, HAS_START=False, **_launch_options(q, BLOCK_R),
     )
     if S > 1:
-        BLOCK_S = triton.next_power_of_2(S)
-        _merge_kernel[(B, H)](o, lse, out, *so, *sl, out.stride(0), out.stride(1), S,
-                              D=rank, BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_R, num_warps=8 if BLOCK_S * BLOCK_R > 16384 else 4)
+        _merge(o, lse, out, S, BLOCK_R)
     return out
 
 
@@ -164,6 +245,54 @@ def mla_decode_attention_ref(q, cache, block_tables, context_lens, scale, rank, 
         p = s.masked_fill(~valid[:, None, :], float("-inf")).softmax(dim=-1)
         out[b0:b0 + step] = torch.bmm(p, rows[..., :rank]).to(q.dtype)  # (b, H, R)
     return out
+
+
+def mla_cascade_decode_attention_triton(q, cache, block_tables, context_lens, groups, scale, rank,
+                                        num_splits=None, num_prefix_splits=None):
+    """Three launches, no host sync (CUDA-graph capturable), as cascade_attention.py: the split
+    kernel over each row's private suffix (from groups.start), the prefix kernel (the group's
+    rows x 16 heads stacked, each shared latent row read once per group tile), the merge."""
+    B, H, page, BLOCK_R, BLOCK_P, BLOCK_N = _kernel_sizes(q, cache, block_tables, context_lens, rank)
+    D = q.shape[2]
+    NG, MAXR = groups.rows.shape
+    head_blocks = triton.cdiv(H, BLOCK_H)
+    S = num_splits or _auto_splits(q, B, head_blocks, block_tables.shape[1] * page, BLOCK_N)
+    P = num_prefix_splits or prefix_splits(groups, page)
+    o, lse = cascade_partials(B, H, S, P, rank, q.device)
+    lens = context_lens.contiguous()
+    so, sl = (o.stride(0), o.stride(1), o.stride(2)), (lse.stride(0), lse.stride(1))
+    _mla_split_kernel[(B, head_blocks, S)](
+        q, cache, block_tables, lens, o, lse,
+        q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), block_tables.stride(0), *so, *sl,
+        float(scale), S, H, groups.start,
+        R=rank, DR=D - rank, PAGE=page, BLOCK_H=BLOCK_H, BLOCK_R=BLOCK_R, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        WRITE_LSE=True, HAS_START=True, **_launch_options(q, BLOCK_R),
+    )
+    _mla_prefix_kernel[(NG, head_blocks, P)](
+        q, cache, groups.rows, groups.prefix_blocks, groups.prefix_len, o, lse,
+        q.stride(0), q.stride(1), cache.stride(0), cache.stride(1), groups.rows.stride(0),
+        groups.prefix_blocks.stride(0), *so, *sl, float(scale), P, S, H,
+        MAXR=MAXR, R=rank, DR=D - rank, PAGE=page, BLOCK_H=BLOCK_H,
+        BLOCK_M=triton.next_power_of_2(MAXR * BLOCK_H), BLOCK_R=BLOCK_R, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        **_launch_options(q, BLOCK_R),
+    )
+    out = torch.empty(B, H, rank, dtype=q.dtype, device=q.device)
+    _merge(o, lse, out, S + P, BLOCK_R)
+    return out
+
+
+def mla_cascade_decode_attention_ref(q, cache, block_tables, context_lens, groups, scale, rank):
+    """The torch twin (and the CPU path): cascade.py's shared-prefix attention with the latent
+    rows as the one KV head and their first R columns (a view) as the values."""
+    return cascade_decode_attention_ref(q, cache, cache[..., :rank], block_tables, context_lens, groups, scale)
+
+
+def mla_cascade_decode_attention(q, cache, block_tables, context_lens, groups, scale, rank):
+    """Latent attention with shared prefixes (groups: cascade.CascadeGroups). -> (B, H, R),
+    equal to mla_decode_attention."""
+    if use_triton(q):
+        return mla_cascade_decode_attention_triton(q, cache, block_tables, context_lens, groups, scale, rank)
+    return mla_cascade_decode_attention_ref(q, cache, block_tables, context_lens, groups, scale, rank)
 
 
 def mla_decode_attention(q, cache, block_tables, context_lens, scale, rank, num_splits=None):
