@@ -45,7 +45,7 @@ FULL = dict(train=task.TRAIN, test=task.TEST,
             texts=80000, vocab=512, pretrain_steps=dict(small=1500, large=1500), pretrain_batch=8,
             rft_epochs=4, rft_lr="1e-3", rl_steps=100, rl_prompts=32, rl_lr="5e-5",
             meta_items=800, meta_teacher_items=1000, meta_k=8, meta_lr="2e-4", k_max=32, max_tokens=320, sizes=SIZES,
-            ablation_items=2000, ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"))
+            ablation_items=1500, ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"))
 QUICK = dict(train=dict(pair=8, list=8, single=4), test=dict(pair=3, list=3, single=2),
              texts=400, vocab=400, pretrain_steps=dict(small=3, large=3), pretrain_batch=4,
              rft_epochs=1, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
