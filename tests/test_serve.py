@@ -163,7 +163,8 @@ def test_inside_a_real_trl_grpo_run(server, tmp_path):
     """TRL's GRPOTrainer trains a policy for two steps with the GRM server as its reward, once with
     the sync and once with the async reward function. The policy is the demo's small model (its
     pretraining text is arithmetic), so its completions are answers the demo GRM can judge; a
-    random policy's gibberish derails the 3.5M-parameter demo GRM and every reward is None."""
+    random policy's gibberish derails the tiny demo GRM and every reward is None; its judgments of four
+    responses run to ~260 tokens, hence max_tokens 320."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     from minigrm.integrations import async_grm_reward, grm_reward
@@ -182,8 +183,8 @@ def test_inside_a_real_trl_grpo_run(server, tmp_path):
         out = coro if asyncio.iscoroutinefunction(fn) else sync
         out.__name__ = fn.__name__
         return out
-    for reward in (grm_reward(server, k=2, max_tokens=128, seed=0),
-                   async_grm_reward(server, k=2, max_tokens=128)):
+    for reward in (grm_reward(server, k=2, max_tokens=320, seed=0),
+                   async_grm_reward(server, k=2, max_tokens=320)):
         reward = recorded(reward)
         args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, num_generations=4,
                               max_completion_length=8, max_steps=2, logging_steps=1, report_to=[], use_cpu=True,

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import grm
+from .. import grm, judgments
 from ..data import load_items, read_jsonl
 from ..plot import bars_svg
 from ..report import curve_svg
-from ..voting import voting_at_k
 
 FILES = ("results.md", "scaling.svg", "stages.svg")
 PAPER = {"Greedy": 69.9, "Voting@1": 67.9, "Voting@8": 70.6, "MetaRM@8": 72.0, "Voting@32": 71.0, "MetaRM@32": 72.8}
@@ -49,22 +48,36 @@ def _params(folder: Path) -> str:
 
 
 def item_correct(out: Path, name: str, setting: str, seed: int = 0) -> dict:
-    """{item id: correct (paper's tie rule)} for Greedy or Voting@1 of one eval folder."""
-    if setting not in ("Greedy", "Voting@1"):
-        raise ValueError(f"item_correct reads one judgment per item: Greedy or Voting@1, not {setting!r}")
-    items = {str(it.id): it for it in load_items(out / "data" / "test.jsonl")}
-    sample = grm.GREEDY if setting == "Greedy" else 0
+    """{item id: correct (paper's tie rule)} of every pair and list under one setting (Greedy,
+    Voting@k, MetaRM@k) of one eval folder, recomputed from its judgments (and meta rewards) exactly
+    as infer_scale.py scores them."""
+    folder = out / f"eval_{name}"
+    k_max = max(r["k"] for r in _rows(out, name).values())
+    metas = list(read_jsonl(folder / "meta.jsonl")) if (folder / "meta.jsonl").exists() else []
+    found = [(k, use_meta) for s, k, use_meta in judgments.settings(k_max, bool(metas)) if s == setting]
+    if not found:
+        raise ValueError(f"{folder} has no setting {setting!r}")
+    (k, use_meta), = found
+    meta = {(r["item"], r["sample"]): r["meta"] if r["meta"] is not None else float("-inf") for r in metas}
+    by_item = {}
+    for r in read_jsonl(folder / "judgments.jsonl"):
+        by_item.setdefault(r["item"], {})[r["sample"]] = r
     got = {}
-    for r in read_jsonl(out / f"eval_{name}" / "judgments.jsonl"):
-        it = items[r["item"]]
-        if r["sample"] == sample and it.kind != "single":
-            got[r["item"]] = voting_at_k([r["scores"]], it.truth, rng_seed=grm.tie_seed(it, seed)).correct
+    for it in load_items(out / "data" / "test.jsonl"):
+        if it.kind == "single":
+            continue
+        i = str(it.id)
+        judged = [by_item[i][grm.GREEDY]] if k == grm.GREEDY else [by_item[i][j] for j in range(k)]
+        m = [meta[(i, j)] for j in range(k)] if use_meta else None
+        got[i] = judgments.item_result(it, judged, m, seed)["correct"]
     return got
 
 
-def paired_delta(out: Path, a: str, b: str, setting: str, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Accuracy of b minus a on the items both judged, 95% paired bootstrap interval (percent)."""
-    ca, cb = item_correct(out, a, setting, seed), item_correct(out, b, setting, seed)
+def paired_delta(out: Path, a: str, b: str, setting: str, b_setting: str | None = None, n_boot: int = 2000,
+                 seed: int = 0) -> dict:
+    """Accuracy of (b, b_setting or setting) minus (a, setting) on the items both judged, with a
+    95% paired bootstrap interval (percentage points)."""
+    ca, cb = item_correct(out, a, setting, seed), item_correct(out, b, b_setting or setting, seed)
     ids = sorted(set(ca) & set(cb))
     d = np.array([float(cb[i]) - float(ca[i]) for i in ids])
     boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
@@ -99,17 +112,25 @@ def stage_table(out: Path, sizes) -> list[str]:
     return lines
 
 
-def scaling_table(rows: dict) -> list[str]:
+def scaling_table(out: Path, name: str, rows: dict) -> list[str]:
     lines = ["| setting | accuracy [95% CI] | strict [95% CI] | ROC-AUC [95% CI] | invalid | paper (27B, Overall) |",
              "|---|---|---|---|---|---|"]
     for s, r in rows.items():
         paper = PAPER.get(s, "")
         lines.append(f"| {s} | {_pct(r['accuracy'])} | {_pct(r['accuracy_strict'])} | {_pct(r.get('roc_auc'))} | "
                      f"{100 * r['invalid_rate']:.1f}% | {paper} |")
+    ks = [r["k"] for s, r in rows.items() if s.startswith("Voting@") and r["k"] >= 2]
+    lines += ["", "Paired differences on the same held-out items (percentage points, 95% paired bootstrap):", "",
+              "| k | Voting@k - Voting@1 | MetaRM@k - Voting@k |", "|---|---|---|"]
+    for k in ks:
+        meta = _delta(paired_delta(out, name, name, f"Voting@{k}", f"MetaRM@{k}")) if f"MetaRM@{k}" in rows else "-"
+        lines.append(f"| {k} | {_delta(paired_delta(out, name, name, 'Voting@1', f'Voting@{k}'))} | {meta} |")
     return lines
 
 
 def size_table(out: Path, small: dict, large: dict) -> list[str]:
+    if not large:
+        return ["Not measured: the larger GRM's part (`--part large`) has not been run in this --out folder."]
     ps, pl = _params(out / "base_small"), _params(out / "base_large")
     k_max = max(r["k"] for r in small.values())
     picks = [("small", ps, s, small[s]) for s in ("Greedy", "Voting@8", f"Voting@{k_max}", "MetaRM@8",
@@ -122,6 +143,8 @@ def size_table(out: Path, small: dict, large: dict) -> list[str]:
 
 
 def ablation_table(out: Path, ablations) -> list[str]:
+    if not any(_rows(out, f"ablation_{name}") for name in ("full", *ablations)):
+        return ["Not measured: the ablations' part (`--part ablations`) has not been run in this --out folder."]
     lines = ["Reduced setting (for time): the small base, RFT only, on the first "
              f"{sum(1 for _ in read_jsonl(out / 'ablation' / 'train.jsonl'))} training items; \"full\" is the whole recipe on "
              "the same items (the reference of the differences).", "",
@@ -187,7 +210,7 @@ def write(out, config: dict, ablations) -> None:
           "numbers are DeepSeek-GRM-27B's Overall score on four public benchmarks: compare shapes, not levels.", "",
           "## 1. SPCT stages: base < RFT < RFT + GRPO", "", *stage_table(out, sizes), "", "![stages](stages.svg)", "",
           "## 2-3. Inference-time scaling: Voting@k and MetaRM@k (small GRM after GRPO)", "",
-          *scaling_table(small), "", "![scaling](scaling.svg)", "",
+          *scaling_table(out, "rl_small", small), "", "![scaling](scaling.svg)", "",
           "## 4. Inference-time scaling vs model size", "", *size_table(out, small, large), "",
           "## 5. RFT ablations (the paper's Table 4)", "", *ablation_table(out, ablations), ""]
     for size in sizes:

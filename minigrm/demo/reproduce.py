@@ -3,6 +3,10 @@
     python -m minigrm.demo.reproduce --out out/demo                       # the full run
     python -m minigrm.demo.reproduce --out out/demo --ship minigrm/demo   # and ship the result
     python -m minigrm.demo.reproduce --out out/smoke --quick              # every stage, tiny sizes
+    python -m minigrm.demo.reproduce --out out/demo --part small --threads 1   # one part by hand
+
+The full run is prepare, the small base, then the parts small / ablations / large in their own
+processes, --jobs (2) at a time on one thread each (cores // jobs), then report.
 
 Stages (each writes under --out and is skipped when its result exists; the scripts get --resume,
 pretraining keeps a state file, infer_scale.py resumes by itself: an interrupted run continues):
@@ -29,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -45,13 +50,14 @@ FULL = dict(train=task.TRAIN, test=task.TEST,
             texts=80000, vocab=512, pretrain_steps=dict(small=1500, large=1500), pretrain_batch=8,
             rft_epochs=4, rft_lr="1e-3", rl_steps=100, rl_prompts=32, rl_lr="5e-5",
             meta_items=800, meta_teacher_items=1000, meta_k=8, meta_lr="2e-4", k_max=32, max_tokens=320, sizes=SIZES,
-            ablation_items=1500, ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"))
+            ablation_items=1500, ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"),
+            ship_items=dict(pair=60, list=60, single=30))
 QUICK = dict(train=dict(pair=8, list=8, single=4), test=dict(pair=3, list=3, single=2),
              texts=400, vocab=400, pretrain_steps=dict(small=3, large=3), pretrain_batch=4,
              rft_epochs=1, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
              meta_items=4, meta_teacher_items=4, meta_k=2, meta_lr="1e-4", k_max=2, max_tokens=12,
              sizes={name: dict(hidden=32, layers=1, heads=2, kv_heads=1) for name in SIZES},
-             ablation_items=10, ablations=("no_rejection",))  # fewer processes: each one imports torch
+             ablation_items=10, ablations=("no_rejection",), ship_items=dict(pair=2, list=3, single=1))  # fewer processes: each one imports torch
 # name -> (teacher file, extra train_rft.py flags): the paper's Table 4 rows, plus "w/o principles";
 # "full" is the ablation setting's own full-recipe RFT (same items and epochs as the ablations)
 ABLATIONS = {"full": ("teacher.jsonl", []), "no_hinted": ("teacher_no_hinted.jsonl", []),
@@ -216,7 +222,21 @@ class Pipeline:
         findings.write(self.out, self.c, self.c["ablations"])
         if ship:
             ship_to(latest_checkpoint(self.out / "rl_small"), latest_checkpoint(self.out / "meta_rm"), self.test,
-                    self.out, ship)
+                    self.out, ship, self.c["ship_items"])
+
+
+def run_parts(argv: list, parts, jobs: int) -> None:
+    """Run parts in their own processes, `jobs` at a time, each on cores // jobs threads (two
+    one-thread processes get more out of two cores than one two-thread process at these sizes)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def one(part):
+        cmd = [sys.executable, "-m", "minigrm.demo.reproduce", *argv, "--part", part, "--threads", str(threads)]
+        subprocess.run(cmd, check=True, env=env)
+    with ThreadPoolExecutor(jobs) as pool:
+        for done in [pool.submit(one, part) for part in parts]:
+            done.result()  # a failed part raises here, after the others have finished
 
 
 def main(argv=None):
@@ -227,29 +247,46 @@ def main(argv=None):
     ap.add_argument("--part", default="all", choices=("all", *PARTS),
                     help="one part only (after prepare, small / large / ablations can run in parallel processes)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per process (e.g. 1 with two parts)")
+    ap.add_argument("--jobs", type=int, default=2, help="all: parts small / ablations / large run this many at "
+                    "once, each in its own process (after prepare and the small base, which two of them share)")
     ap.add_argument("--ship", default=None, help="copy the final GRM, meta RM and test split here (minigrm/demo)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     c = QUICK if args.quick else FULL
     p = Pipeline(Path(args.out), c, args.seed, args.quick, args.threads)
-    for part in PARTS if args.part == "all" else (args.part,):
-        print(f"=== part {part}", flush=True)
-        p.report(Path(args.ship) if args.ship else None) if part == "report" else getattr(p, part)()
+    ship = Path(args.ship) if args.ship else None
+    if args.part != "all":
+        print(f"=== part {args.part}", flush=True)
+        return p.report(ship) if args.part == "report" else getattr(p, args.part)()
+    print("=== part prepare", flush=True)
+    p.prepare()
+    p.base("small")
+    run_parts(["--out", args.out, "--seed", str(args.seed), *(["--quick"] if args.quick else [])],
+              ("small", "ablations", "large"), args.jobs)
+    print("=== part report", flush=True)
+    p.report(ship)
 
 
-def ship_to(grm: Path, meta: Path, test: Path, out: Path, dest: Path) -> None:
+def ship_to(grm: Path, meta: Path, test: Path, out: Path, dest: Path, counts: dict) -> None:
     """Copy what `python infer_scale.py` runs on by default: the final GRM and meta RM (weights,
-    config, tokenizer; no optimizer state), the held-out split, results.md and its pictures."""
+    config, tokenizer; no optimizer state), the first `counts` held-out items of each kind (a
+    slice that runs in under 3 minutes on 2 cores; results.md has the whole held-out set),
+    results.md and its pictures."""
     for src, name in ((grm, "grm"), (meta, "meta_rm")):
         (dest / name).mkdir(parents=True, exist_ok=True)
         for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
             shutil.copy2(src / f, dest / name / f)
     (dest / "data").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(test, dest / "data" / "test.jsonl")
+    kept, seen = [], {}
+    for r, it in zip(read_jsonl(test), load_items(test), strict=True):
+        seen[it.kind] = seen.get(it.kind, 0) + 1
+        if seen[it.kind] <= counts[it.kind]:
+            kept.append(r)
+    write_jsonl(dest / "data" / "test.jsonl", kept)
     for f in findings.FILES:
         shutil.copy2(out / f, dest / f)
-    print(f"shipped the GRM, the meta RM, the held-out split and the results to {dest}")
+    print(f"shipped the GRM, the meta RM, {len(kept)} held-out items and the results to {dest}")
 
 
 if __name__ == "__main__":
