@@ -47,10 +47,10 @@ def _params(folder: Path) -> str:
     return f"{n / 1e6:.1f}M"
 
 
-def item_correct(out: Path, name: str, setting: str, seed: int = 0) -> dict:
-    """{item id: correct (paper's tie rule)} of every pair and list under one setting (Greedy,
-    Voting@k, MetaRM@k) of one eval folder, recomputed from its judgments (and meta rewards) exactly
-    as infer_scale.py scores them."""
+def item_correct(out: Path, name: str, setting: str, seed: int = 0, strict: bool = False) -> dict:
+    """{item id: correct} of every pair and list under one setting (Greedy, Voting@k, MetaRM@k) of
+    one eval folder, recomputed from its judgments (and meta rewards) exactly as infer_scale.py
+    scores them; the paper's tie rule, or with `strict` a tie counts as wrong."""
     folder = out / f"eval_{name}"
     k_max = max(r["k"] for r in _rows(out, name).values())
     metas = list(read_jsonl(folder / "meta.jsonl")) if (folder / "meta.jsonl").exists() else []
@@ -69,15 +69,15 @@ def item_correct(out: Path, name: str, setting: str, seed: int = 0) -> dict:
         i = str(it.id)
         judged = [by_item[i][grm.GREEDY]] if k == grm.GREEDY else [by_item[i][j] for j in range(k)]
         m = [meta[(i, j)] for j in range(k)] if use_meta else None
-        got[i] = judgments.item_result(it, judged, m, seed)["correct"]
+        got[i] = judgments.item_result(it, judged, m, seed)["correct_strict" if strict else "correct"]
     return got
 
 
-def paired_delta(out: Path, a: str, b: str, setting: str, b_setting: str | None = None, n_boot: int = 2000,
-                 seed: int = 0) -> dict:
+def paired_delta(out: Path, a: str, b: str, setting: str, b_setting: str | None = None, strict: bool = False,
+                 n_boot: int = 2000, seed: int = 0) -> dict:
     """Accuracy of (b, b_setting or setting) minus (a, setting) on the items both judged, with a
     95% paired bootstrap interval (percentage points)."""
-    ca, cb = item_correct(out, a, setting, seed), item_correct(out, b, b_setting or setting, seed)
+    ca, cb = item_correct(out, a, setting, seed, strict), item_correct(out, b, b_setting or setting, seed, strict)
     ids = sorted(set(ca) & set(cb))
     d = np.array([float(cb[i]) - float(ca[i]) for i in ids])
     boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
@@ -112,6 +112,45 @@ def stage_table(out: Path, sizes) -> list[str]:
     return lines
 
 
+def _verdict(deltas: list[dict], matching: bool = False) -> str:
+    """yes: every interval above 0; with `matching`, an interval holding 0 counts as "matches"."""
+    if all(d["lo"] > 0 for d in deltas):
+        return "yes"
+    if matching and all(d["hi"] >= 0 for d in deltas):
+        return "yes (matches)"
+    return "partly" if any(d["lo"] > 0 for d in deltas) else "no"
+
+
+def verdict_table(out: Path, small: dict, large: dict, ablations) -> list[str]:
+    """Each finding of the paper: reproduced when its paired intervals (95%) are clear of 0.
+    A comparison is (note, folder a, setting a, folder b, setting b, strict): b minus a."""
+    lines = ["| finding | reproduced | paired difference(s), percentage points [95% CI] |", "|---|---|---|"]
+
+    def row(label, comparisons, matching=False):
+        if not comparisons:
+            lines.append(f"| {label} | not measured (no such setting) | |")
+            return
+        if not all(_rows(out, c[1]) and _rows(out, c[3]) for c in comparisons):
+            lines.append(f"| {label} | not run | |")
+            return
+        ds = [paired_delta(out, a, b, sa, sb, strict) for _, a, sa, b, sb, strict in comparisons]
+        text = "; ".join(f"{c[0]} {_delta(d)}" for c, d in zip(comparisons, ds))
+        lines.append(f"| {label} | {_verdict(ds, matching)} | {text} |")
+    for a, b, label in (("base", "rft", "RFT > base"), ("rft", "rl", "RFT + GRPO > RFT")):
+        row(f"1. {label}", [(s, f"{a}_small", s, f"{b}_small", s, False) for s in ("Greedy", "Voting@1")])
+    k_max = max((r["k"] for r in small.values()), default=1)
+    row(f"2. Voting@{k_max} > Voting@1", [(rule, "rl_small", "Voting@1", "rl_small", f"Voting@{k_max}", strict)
+                                          for rule, strict in (("tie rule", False), ("strict", True))])
+    row("3. MetaRM@k > Voting@k (k >= 8)", [(f"k={r['k']}", "rl_small", f"Voting@{r['k']}", "rl_small", s, False)
+                                            for s, r in small.items() if s.startswith("MetaRM@") and r["k"] >= 8])
+    best = f"MetaRM@{k_max}" if f"MetaRM@{k_max}" in small else f"Voting@{k_max}"
+    row(f"4. small GRM {best} >= larger GRM greedy", [(best, "rft_large", "Greedy", "rl_small", best, False)],
+        matching=True)
+    row("5. full RFT > each ablation (greedy)", [(name, f"ablation_{name}", "Greedy", "ablation_full", "Greedy", False)
+                                                for name in ablations])
+    return lines
+
+
 def scaling_table(out: Path, name: str, rows: dict) -> list[str]:
     lines = ["| setting | accuracy [95% CI] | strict [95% CI] | ROC-AUC [95% CI] | invalid | paper (27B, Overall) |",
              "|---|---|---|---|---|---|"]
@@ -121,10 +160,11 @@ def scaling_table(out: Path, name: str, rows: dict) -> list[str]:
                      f"{100 * r['invalid_rate']:.1f}% | {paper} |")
     ks = [r["k"] for s, r in rows.items() if s.startswith("Voting@") and r["k"] >= 2]
     lines += ["", "Paired differences on the same held-out items (percentage points, 95% paired bootstrap):", "",
-              "| k | Voting@k - Voting@1 | MetaRM@k - Voting@k |", "|---|---|---|"]
+              "| k | Voting@k - Voting@1 | same, strict | MetaRM@k - Voting@k |", "|---|---|---|---|"]
     for k in ks:
         meta = _delta(paired_delta(out, name, name, f"Voting@{k}", f"MetaRM@{k}")) if f"MetaRM@{k}" in rows else "-"
-        lines.append(f"| {k} | {_delta(paired_delta(out, name, name, 'Voting@1', f'Voting@{k}'))} | {meta} |")
+        rise = [_delta(paired_delta(out, name, name, "Voting@1", f"Voting@{k}", strict)) for strict in (False, True)]
+        lines.append(f"| {k} | {rise[0]} | {rise[1]} | {meta} |")
     return lines
 
 
@@ -208,6 +248,7 @@ def write(out, config: dict, ablations) -> None:
           f"--out folder. Held-out: {test[0]} pairs and lists (accuracy; chance {100 * first['chance']:.1f}%) and "
           f"{test[1]} single responses (ROC-AUC). Brackets: 95% bootstrap intervals over items. The paper's "
           "numbers are DeepSeek-GRM-27B's Overall score on four public benchmarks: compare shapes, not levels.", "",
+          "## The findings at a glance", "", *verdict_table(out, small, large, ablations), "",
           "## 1. SPCT stages: base < RFT < RFT + GRPO", "", *stage_table(out, sizes), "", "![stages](stages.svg)", "",
           "## 2-3. Inference-time scaling: Voting@k and MetaRM@k (small GRM after GRPO)", "",
           *scaling_table(out, "rl_small", small), "", "![scaling](scaling.svg)", "",
