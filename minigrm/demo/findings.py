@@ -18,8 +18,10 @@ import numpy as np
 
 from .. import grm, judgments
 from ..data import load_items, read_jsonl
+from ..evaluate import roc_auc
 from ..plot import bars_svg
 from ..report import curve_svg
+from ..rewards import is_correct
 
 FILES = ("results.md", "scaling.svg", "stages.svg")
 PAPER = {"Greedy": 69.9, "Voting@1": 67.9, "Voting@8": 70.6, "MetaRM@8": 72.0, "Voting@32": 71.0, "MetaRM@32": 72.8}
@@ -83,6 +85,27 @@ def paired_delta(out: Path, a: str, b: str, setting: str, b_setting: str | None 
     boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"value": 100 * d.mean(), "lo": 100 * lo, "hi": 100 * hi, "n": len(d)}
+
+
+def meta_rm_quality(out: Path, name: str) -> str:
+    """How well the meta RM separates the GRM's correct judgments (Eq. 10) from its wrong ones,
+    on the held-out pairs and lists it guided: what MetaRM@k's filtering can gain."""
+    folder = out / f"eval_{name}"
+    if not (folder / "meta.jsonl").exists():
+        return ""
+    meta = {(r["item"], r["sample"]): r["meta"] for r in read_jsonl(folder / "meta.jsonl")}
+    items = {str(it.id): it for it in load_items(out / "data" / "test.jsonl") if it.kind != "single"}
+    labels, scores = [], []
+    for r in read_jsonl(folder / "judgments.jsonl"):
+        m = meta.get((r["item"], r["sample"]))
+        if r["item"] in items and r["sample"] != grm.GREEDY and m is not None:
+            labels.append(int(is_correct(r["scores"], items[r["item"]].truth)))
+            scores.append(m)
+    if len(set(labels)) < 2:
+        return f"The meta RM's {len(labels)} rated held-out judgments are all {'right' if any(labels) else 'wrong'}."
+    return (f"The meta RM on the {len(labels)} sampled held-out judgments of pairs and lists it rated: ROC-AUC "
+            f"{100 * roc_auc(scores, labels):.1f}% for Eq. 10 correctness ({100 * np.mean(labels):.1f}% of them are "
+            "correct).")
 
 
 def _delta(d: dict) -> str:
@@ -251,7 +274,7 @@ def write(out, config: dict, ablations) -> None:
           "## The findings at a glance", "", *verdict_table(out, small, large, ablations), "",
           "## 1. SPCT stages: base < RFT < RFT + GRPO", "", *stage_table(out, sizes), "", "![stages](stages.svg)", "",
           "## 2-3. Inference-time scaling: Voting@k and MetaRM@k (small GRM after GRPO)", "",
-          *scaling_table(out, "rl_small", small), "", "![scaling](scaling.svg)", "",
+          *scaling_table(out, "rl_small", small), "", meta_rm_quality(out, "rl_small"), "", "![scaling](scaling.svg)", "",
           "## 4. Inference-time scaling vs model size", "", *size_table(out, small, large), "",
           "## 5. RFT ablations (the paper's Table 4)", "", *ablation_table(out, ablations), ""]
     for size in sizes:
