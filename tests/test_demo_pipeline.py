@@ -32,7 +32,8 @@ def test_quick_pipeline_runs_every_stage(tmp_path, capfd):
     assert meta["examples"] > 0 and meta["skipped"] > 0  # greedy / hinted judgments are left out
     md = (out / "results.md").read_text()
     for heading in ("## 1. SPCT stages", "## 2-3. Inference-time scaling", "## 4. Inference-time scaling vs model "
-                    "size", "## 5. RFT ablations", "w/o rejective sampling", "MetaRM@k - Voting@k", "The meta RM", "findings at a glance", "Wall time per stage", "66.1", "72.8"):
+                    "size", "## 5. RFT ablations", "w/o rejective sampling", "MetaRM@k - Voting@k", "The meta RM",
+                    "findings at a glance", "Wall time per stage", "66.1", "72.8"):
         assert heading in md, heading
     assert "| small (" in md and "| large (RFT) | " in md and "| GRPO - RFT |" in md
     for svg in ("scaling.svg", "stages.svg"):

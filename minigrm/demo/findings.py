@@ -39,7 +39,8 @@ def _rows(out: Path, name: str) -> dict:
 def _pct(e, interval=True) -> str:
     if not e:
         return "-"
-    return f"{100 * e['value']:.1f} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]" if interval else f"{100 * e['value']:.1f}"
+    value = f"{100 * e['value']:.1f}"
+    return f"{value} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]" if interval else value
 
 
 def _params(folder: Path) -> str:
@@ -209,7 +210,8 @@ def ablation_table(out: Path, ablations) -> list[str]:
     if not any(_rows(out, f"ablation_{name}") for name in ("full", *ablations)):
         return ["Not measured: the ablations' part (`--part ablations`) has not been run in this --out folder."]
     lines = ["Reduced setting (for time): the small base, RFT only, on the first "
-             f"{sum(1 for _ in read_jsonl(out / 'ablation' / 'train.jsonl'))} training items; \"full\" is the whole recipe on "
+             f"{sum(1 for _ in read_jsonl(out / 'ablation' / 'train.jsonl'))} training items; \"full\" is the whole "
+             "recipe on "
              "the same items (the reference of the differences).", "",
              "| RFT data (small GRM, RFT only) | accepted trajectories | Greedy [95% CI] | Voting@1 [95% CI] | "
              "Greedy vs full RFT | paper (27B RFT, Overall) |", "|---|---|---|---|---|---|"]
@@ -274,7 +276,8 @@ def write(out, config: dict, ablations) -> None:
           "## The findings at a glance", "", *verdict_table(out, small, large, ablations), "",
           "## 1. SPCT stages: base < RFT < RFT + GRPO", "", *stage_table(out, sizes), "", "![stages](stages.svg)", "",
           "## 2-3. Inference-time scaling: Voting@k and MetaRM@k (small GRM after GRPO)", "",
-          *scaling_table(out, "rl_small", small), "", meta_rm_quality(out, "rl_small"), "", "![scaling](scaling.svg)", "",
+          *scaling_table(out, "rl_small", small), "", meta_rm_quality(out, "rl_small"), "",
+          "![scaling](scaling.svg)", "",
           "## 4. Inference-time scaling vs model size", "", *size_table(out, small, large), "",
           "## 5. RFT ablations (the paper's Table 4)", "", *ablation_table(out, ablations), ""]
     for size in sizes:

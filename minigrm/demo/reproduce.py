@@ -57,7 +57,8 @@ QUICK = dict(train=dict(pair=8, list=8, single=4), test=dict(pair=3, list=3, sin
              rft_epochs=1, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
              meta_items=4, meta_teacher_items=4, meta_k=2, meta_lr="1e-4", k_max=2, max_tokens=12,
              sizes={name: dict(hidden=32, layers=1, heads=2, kv_heads=1) for name in SIZES},
-             ablation_items=10, ablations=("no_rejection",), ship_items=dict(pair=2, list=3, single=1))  # fewer processes: each one imports torch
+             ablation_items=10, ablations=("no_rejection",),  # fewer processes: each one imports torch
+             ship_items=dict(pair=2, list=3, single=1))
 # name -> (teacher file, extra train_rft.py flags): the paper's Table 4 rows, plus "w/o principles";
 # "full" is the ablation setting's own full-recipe RFT (same items and epochs as the ablations)
 ABLATIONS = {"full": ("teacher.jsonl", []), "no_hinted": ("teacher_no_hinted.jsonl", []),

@@ -14,7 +14,8 @@ paper's three-line format, and it errs the way a capable but fallible judge errs
   value compared with it digit by digit (task.compare_text: each pair side by side, a comparison a
   small model learns) and its form named; each entry ends with which of how many it is ("(2 of
   3)"), so whether another follows is read from the entry just written, not found again in the
-  prompt each time (without it the demo's GRM stopped after 2 of 3 responses in 28% of lists); the scores follow from the notes (right 8, wrong 1, plus the
+  prompt each time (without it the demo's GRM stopped after 2 of 3 responses in 28% of lists);
+  the scores follow from the notes (right 8, wrong 1, plus the
   form's 0-2 points from task.form_points), so every mistake is visible in the text;
 - mistakes (`Slips`, drawn per judgment from its own seed): random slips (an operand digit
   misread, a step off by one, a carry dropped, a response's value misread, a digit pair miscalled, a
@@ -149,7 +150,8 @@ def principles_line(op: str, instruction) -> str:
 def render(question, a, b, steps, value, verdicts, scores, binary: bool, principles: bool) -> str:
     _, op, _, instruction = parse_question(question)
     n = len(verdicts)
-    said = [f"{'Response' if binary else f'Response {i}'}: {'no number' if x is None else compare_text(x, value, marks)}; "
+    said = [f"{'Response' if binary else f'Response {i}'}: "
+            f"{'no number' if x is None else compare_text(x, value, marks)}; "
             f"{'right' if right else 'wrong'}, {form}{'' if binary else f' ({i} of {n})'}."
             for i, (x, marks, right, form) in enumerate(verdicts, start=1)]
     lines = [principles_line(op, instruction)] if principles else []
