@@ -113,19 +113,31 @@ def _delta(d: dict) -> str:
     return f"{d['value']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
 
 
+def invalid_rates(out: Path, name: str, sample=grm.GREEDY) -> tuple[float, float]:
+    """Invalid share of one sample's judgments (greedy by default): pairs and lists, singles."""
+    kinds = {str(it.id): it.kind == "single" for it in load_items(out / "data" / "test.jsonl")}
+    bad = {False: [], True: []}
+    for r in read_jsonl(out / f"eval_{name}" / "judgments.jsonl"):
+        if r["sample"] == sample:
+            bad[kinds[r["item"]]].append(r["scores"] is None)
+    return tuple(100 * float(np.mean(bad[single])) if bad[single] else float("nan") for single in (False, True))
+
+
 def stage_table(out: Path, sizes) -> list[str]:
-    lines = ["| GRM | stage | Greedy [95% CI] | Voting@1 [95% CI] | invalid greedy / sampled | paper (27B, Overall) |",
+    lines = ["| GRM | stage | Greedy [95% CI] | Voting@1 [95% CI] | invalid (greedy): pairs + lists / singles | "
+             "paper (27B, Overall) |",
              "|---|---|---|---|---|---|"]
     paper = {"base": "-", "rft": "68.8 (RFT, Table 4)", "rl": "69.9 / 67.9"}
     for size in sizes:
-        params = _params(out / f"base_{size}")
         for stage, label in (("base", "base (pretrained)"), ("rft", "RFT"), ("rl", "RFT + GRPO")):
             r = _rows(out, f"{stage}_{size}")
             if not r:
                 continue
+            params = _params(out / f"base_{size}")
             g, v = r["Greedy"], r["Voting@1"]
+            bad = invalid_rates(out, f"{stage}_{size}")
             lines.append(f"| {size} ({params}) | {label} | {_pct(g['accuracy'])} | {_pct(v['accuracy'])} | "
-                         f"{100 * g['invalid_rate']:.1f}% / {100 * v['invalid_rate']:.1f}% | {paper[stage]} |")
+                         f"{bad[0]:.1f}% / {bad[1]:.1f}% | {paper[stage]} |")
     lines += ["", "Paired differences on the same held-out items (percentage points, 95% paired bootstrap):", "",
               "| GRM | step | Greedy | Voting@1 |", "|---|---|---|---|"]
     for size in sizes:
