@@ -161,15 +161,14 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero():
 
 def test_inside_a_real_trl_grpo_run(server, tmp_path):
     """TRL's GRPOTrainer trains a policy for two steps with the GRM server as its reward, once with
-    the sync and once with the async reward function. The policy is the demo's small model (its
-    pretraining text is arithmetic), so its completions are answers the demo GRM can judge; a
-    random policy's gibberish derails the tiny demo GRM and every reward is None; its judgments of four
-    responses run to ~260 tokens, hence max_tokens 320."""
+    the sync and once with the async reward function (the policy: the demo GRM, a tiny model whose
+    completions are judgment fragments); then the same reward function on real answers returns
+    rewards. The demo GRM's judgments of four responses run to ~260 tokens, hence max_tokens 320."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     from minigrm.integrations import async_grm_reward, grm_reward
     policy = DEMO / "grm"
-    data = datasets.Dataset.from_list([{"prompt": f"Q: What is {i} + {i}? A:"} for i in range(8)])
+    data = datasets.Dataset.from_list([{"prompt": f"What is {231 + 37 * i} + {405 + 11 * i}?"} for i in range(8)])
     seen = []
 
     def recorded(fn):
@@ -183,8 +182,8 @@ def test_inside_a_real_trl_grpo_run(server, tmp_path):
         out = coro if asyncio.iscoroutinefunction(fn) else sync
         out.__name__ = fn.__name__
         return out
-    for reward in (grm_reward(server, k=2, max_tokens=320, seed=0),
-                   async_grm_reward(server, k=2, max_tokens=320)):
+    for reward in (grm_reward(server, k=8, max_tokens=320, seed=0),
+                   async_grm_reward(server, k=8, max_tokens=320)):
         reward = recorded(reward)
         args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, num_generations=4,
                               max_completion_length=8, max_steps=2, logging_steps=1, report_to=[], use_cpu=True,
@@ -194,5 +193,9 @@ def test_inside_a_real_trl_grpo_run(server, tmp_path):
         logged = [h for h in trainer.state.log_history if "rewards/minigrm_grm/mean" in h]
         assert len(logged) == 2
     assert len(seen) == 4 and all(len(r) == 4 for r in seen)  # 2 runs x 2 steps x 4 completions
-    values = [r for rs in seen for r in rs if r is not None]
-    assert values and all(-1 <= r <= 1 for r in values)
+    assert all(r is None or -1 <= r <= 1 for rs in seen for r in rs)
+    # the policy (the demo GRM itself) writes fragments of judgments, which the GRM seldom judges
+    # validly (None); the same reward function on real answers to a demo question gives rewards
+    direct = grm_reward(server, k=8, max_tokens=320, seed=0)(
+        ["What is 231 + 405?"] * 4, [" 636", " 231 + 405 = 636", " 626", " The answer is 646."])
+    assert any(r is not None for r in direct) and all(r is None or -1 <= r <= 1 for r in direct)
