@@ -69,13 +69,7 @@ def scaling_svg(series: dict, lines: list | None = None, ylabel: str = "accuracy
                            f'M{x - 3:.1f},{py(hi):.1f} H{x + 3:.1f}" stroke="{color}" fill="none" opacity="0.6"/>')
             out.append(f'<circle cx="{px(k):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>')
         legend.append((name, color, "none"))
-    for i, (label, color, dash) in enumerate(legend):
-        y = TOP + 10 + 18 * i
-        out.append(f'<line x1="{x1 + 10}" x2="{x1 + 30}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="2" '
-                   f'stroke-dasharray="{dash}"/><text x="{x1 + 36}" y="{y + 4}">{escape(label)}</text>')
-    out.append(f'<text x="{x1 + 10}" y="{TOP + 14 + 18 * len(legend)}" fill="#555">bars: 95% intervals</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return _finish(out, legend, x1, 2, "bars: 95% intervals")
 
 
 def bars_svg(groups: list, lines: list | None = None, ylabel: str = "accuracy (%)", title: str = "") -> str:
@@ -124,10 +118,15 @@ def bars_svg(groups: list, lines: list | None = None, ylabel: str = "accuracy (%
         out.append(f'<line x1="{x0}" x2="{x1}" y1="{py(y):.1f}" y2="{py(y):.1f}" stroke="gray" '
                    f'stroke-dasharray="{dash}"/>')
         legend.append((f"{label} {y:.1f}", "gray", dash))
+    return _finish(out, legend, x1, 6, "whiskers: 95% intervals")
+
+
+def _finish(out: list, legend: list, x1: float, width: int, note: str) -> str:
+    """The legend [(label, color, dash)] right of the axes, a note under it, the closing tag."""
     for i, (label, color, dash) in enumerate(legend):
         y = TOP + 10 + 18 * i
-        out.append(f'<line x1="{x1 + 10}" x2="{x1 + 30}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="6" '
+        out.append(f'<line x1="{x1 + 10}" x2="{x1 + 30}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="{width}" '
                    f'stroke-dasharray="{dash}"/><text x="{x1 + 36}" y="{y + 4}">{escape(label)}</text>')
-    out.append(f'<text x="{x1 + 10}" y="{TOP + 14 + 18 * len(legend)}" fill="#555">whiskers: 95% intervals</text>')
+    out.append(f'<text x="{x1 + 10}" y="{TOP + 14 + 18 * len(legend)}" fill="#555">{note}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -12,6 +12,7 @@ levels), plus <out>/scaling.svg (Voting@k and MetaRM@k, the larger GRM's greedy 
 with a 95% paired bootstrap interval (what "clear of noise" means for one stage over another).
 """
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,21 +51,28 @@ def _params(folder: Path) -> str:
     return f"{n / 1e6:.1f}M"
 
 
+@lru_cache(maxsize=4)
+def _judged(folder: Path) -> tuple[dict, dict]:
+    """One eval folder's judgments {item: {sample: record}} and meta rewards {(item, sample): r}
+    (None as -inf, as infer_scale.py ranks it), read once for every setting scored from them."""
+    by_item = {}
+    for r in read_jsonl(folder / "judgments.jsonl"):
+        by_item.setdefault(r["item"], {})[r["sample"]] = r
+    metas = read_jsonl(folder / "meta.jsonl") if (folder / "meta.jsonl").exists() else []
+    return by_item, {(r["item"], r["sample"]): float("-inf") if r["meta"] is None else r["meta"] for r in metas}
+
+
 def item_correct(out: Path, name: str, setting: str, seed: int = 0, strict: bool = False) -> dict:
     """{item id: correct} of every pair and list under one setting (Greedy, Voting@k, MetaRM@k) of
     one eval folder, recomputed from its judgments (and meta rewards) exactly as infer_scale.py
     scores them; the paper's tie rule, or with `strict` a tie counts as wrong."""
     folder = out / f"eval_{name}"
     k_max = max(r["k"] for r in _rows(out, name).values())
-    metas = list(read_jsonl(folder / "meta.jsonl")) if (folder / "meta.jsonl").exists() else []
-    found = [(k, use_meta) for s, k, use_meta in judgments.settings(k_max, bool(metas)) if s == setting]
+    by_item, meta = _judged(folder)
+    found = [(k, use_meta) for s, k, use_meta in judgments.settings(k_max, bool(meta)) if s == setting]
     if not found:
         raise ValueError(f"{folder} has no setting {setting!r}")
     (k, use_meta), = found
-    meta = {(r["item"], r["sample"]): r["meta"] if r["meta"] is not None else float("-inf") for r in metas}
-    by_item = {}
-    for r in read_jsonl(folder / "judgments.jsonl"):
-        by_item.setdefault(r["item"], {})[r["sample"]] = r
     got = {}
     for it in load_items(out / "data" / "test.jsonl"):
         if it.kind == "single":
