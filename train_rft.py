@@ -42,7 +42,7 @@ minigrm.load_meta_rm and transformers' AutoModelForSequenceClassification.
 
 Open choices / deviations: the hinted share (default 0.25), sampling temperature 1.0, the
 paper's batch 1024 / 900 steps become a token budget per micro-batch x --grad-accum x
---epochs; each micro-batch's loss is a token mean and micro-batches are averaged (not
+--epochs (or --steps); each micro-batch's loss is a token mean and micro-batches are averaged (not
 re-weighted by their token counts); with several ranks the batches of an epoch are cut to a
 multiple of the world size so every rank runs the same number.
 """
@@ -94,6 +94,9 @@ def parse_args(argv=None):
     ap.add_argument("--extra-trajectories", default=None,
                     help="meta RM: JSONL of more judgments {'item', 'order', 'text'} from the GRM to guide")
     ap.add_argument("--epochs", type=cli.positive_int, default=1, help="passes over the accepted trajectories")
+    ap.add_argument("--steps", type=cli.positive_int, default=None,
+                    help="optimizer steps instead of --epochs (as the paper's fixed 900 steps): the epochs repeat, each "
+                         "with its own shuffle, until this many (the ablations train as many steps as the full recipe)")
     ap.add_argument("--max-tokens-per-batch", type=cli.positive_int, default=16384, help="padded tokens per micro-batch")
     ap.add_argument("--grad-accum", type=cli.positive_int, default=1, help="micro-batches per optimizer step (per rank)")
     cli.add_training_args(ap, lr=None, lr_help="peak learning rate (paper: 5e-6 RFT, 1e-5 meta RM)")
@@ -297,8 +300,8 @@ def main(argv=None):
     optimizer = make_optimizer(policy, args.lr, args.weight_decay)
     per_rank = len(batches_of(0)) // d.world
     steps_per_epoch = per_rank // args.grad_accum
-    total = steps_per_epoch * args.epochs
-    if total == 0:
+    total = args.steps or steps_per_epoch * args.epochs
+    if steps_per_epoch == 0:
         sys.exit(f"train_rft.py: {per_rank} batches per rank make no step of --grad-accum {args.grad_accum}")
     start = resume.load_checkpoint(resume_from, policy, optimizer, d)["step"] if resume_from else 0
     log_path = out / "log.jsonl"

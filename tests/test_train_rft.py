@@ -118,6 +118,14 @@ def test_sft_resume_equals_uninterrupted(tiny_model, data, tmp_path, monkeypatch
     wa, wb = load_file(full / f"checkpoint-{n}" / "model.safetensors"), load_file(part / f"checkpoint-{n}" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
+    # --steps: as many steps as the epochs made is the same run; more steps go on into another epoch
+    steps = ["--max-tokens-per-batch", "1200", "--save-every", "100", "--steps"]
+    train_rft.main(common(tiny_model, data, tmp_path / "steps") + steps + [str(n)])
+    assert [r["loss"] for r in read_jsonl(tmp_path / "steps" / "log.jsonl")] == [r["loss"] for r in a]
+    train_rft.main(common(tiny_model, data, tmp_path / "more") + steps + [str(n + 1)])
+    log = list(read_jsonl(tmp_path / "more" / "log.jsonl"))
+    assert len(log) == n + 1 and log[-1]["epoch"] == 2
+
 
 def test_meta_rm_mode(tiny_model, data, tmp_path, monkeypatch):
     monkeypatch.setattr(train_rft.grm, "judge", fake_judge)

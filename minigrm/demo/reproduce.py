@@ -21,7 +21,7 @@ pretraining keeps a state file, infer_scale.py resumes by itself: an interrupted
   meta_rm     infer_scale.py samples judgments of the small RL GRM on training items, then
               train_rft.py --meta-rm: BCE on Eq. 10 labels of the teacher's non-hinted
               trajectories plus those samples (paper §4)
-  ablation_*  the paper's Table 4 RFT ablations on the small model (reduced setting: RFT only)
+  ablation_*  the paper's Table 4 RFT ablations on the small base (RFT only, rft_small's steps)
   eval_*      infer_scale.py on test.jsonl: every stage greedy + Voting@1, the small RL GRM up
               to Voting@32 / MetaRM@32; findings.py writes <out>/results.md and the pictures
 `<out>/timings.json` holds each stage's wall time.
@@ -48,20 +48,20 @@ SIZES = {"small": dict(hidden=128, layers=4, heads=4, kv_heads=2),
          "large": dict(hidden=192, layers=6, heads=6, kv_heads=3)}
 FULL = dict(train=task.TRAIN, test=task.TEST,
             texts=80000, vocab=512, pretrain_steps=dict(small=1500, large=1500), pretrain_batch=8,
-            rft_epochs=4, rft_lr="1e-3", rl_steps=100, rl_prompts=32, rl_lr="5e-5",
+            rft_steps=432, rft_lr="1e-3", rl_steps=100, rl_prompts=32, rl_lr="5e-5",
             meta_items=800, meta_teacher_items=1000, meta_k=8, meta_lr="2e-4", k_max=32, max_tokens=320, sizes=SIZES,
-            ablation_items=1500, ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"),
+            ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"),
             ship_items=dict(pair=60, list=60))
 QUICK = dict(train=dict(pair=8, list=8, single=4), test=dict(pair=3, list=3, single=2),
              texts=400, vocab=400, pretrain_steps=dict(small=3, large=3), pretrain_batch=4,
-             rft_epochs=1, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
+             rft_steps=2, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
              meta_items=4, meta_teacher_items=4, meta_k=2, meta_lr="1e-4", k_max=2, max_tokens=12,
              sizes={name: dict(hidden=32, layers=1, heads=2, kv_heads=1) for name in SIZES},
-             ablation_items=10, ablations=("no_rejection",),  # fewer processes: each one imports torch
+             ablations=("no_rejection",),  # fewer processes: each one imports torch
              ship_items=dict(pair=2, list=3, single=1))
 # name -> (teacher file, extra train_rft.py flags): the paper's Table 4 rows, plus "w/o principles";
-# "full" is the ablation setting's own full-recipe RFT (same items and epochs as the ablations)
-ABLATIONS = {"full": ("teacher.jsonl", []), "no_hinted": ("teacher_no_hinted.jsonl", []),
+# the full recipe they are compared with is rft_small (same base, items and optimizer steps)
+ABLATIONS = {"no_hinted": ("teacher_no_hinted.jsonl", []),
              "no_non_hinted": ("teacher_hinted_only.jsonl", []), "no_rejection": ("teacher.jsonl", ["--no-rejection"]),
              "no_principles": ("teacher_no_principles.jsonl", [])}
 PARTS = ("prepare", "small", "large", "ablations", "report")
@@ -97,21 +97,15 @@ class Stages:
         self.path.write_text(json.dumps(times, indent=2) + "\n")
 
 
-def teacher_files(out: Path, train: Path, seed: int, n_ablation: int) -> None:
-    """The full RFT data and the ablations' variants, all from the same teacher program; the
-    ablation setting's items (the first n_ablation training items) and their trajectories."""
+def teacher_files(out: Path, train: Path, seed: int) -> None:
+    """The full RFT data and the ablations' variants, all from the same teacher program."""
     items = load_items(train)
     full = teacher.trajectories(items, seed)
     write_jsonl(out / "teacher_no_hinted.jsonl", [r for r in full if not r["hinted"]])
     write_jsonl(out / "teacher_hinted_only.jsonl", teacher.trajectories(items, seed, hinted_share=1.0,
                                                                        non_hinted=False))
     write_jsonl(out / "teacher_no_principles.jsonl", teacher.trajectories(items, seed, principles=False))
-    write_jsonl(out / "teacher.jsonl", full)
-    keep = {str(it.id) for it in items[:n_ablation]}
-    (out / "ablation").mkdir(exist_ok=True)
-    for name in {f for f, _ in ABLATIONS.values()}:
-        write_jsonl(out / "ablation" / name, [r for r in read_jsonl(out / name) if r["item"] in keep])
-    write_jsonl(out / "ablation" / "train.jsonl", [r for r in read_jsonl(train) if r["id"] in keep])  # last: done
+    write_jsonl(out / "teacher.jsonl", full)  # last: the stage's done marker
 
 
 def tokenizer(out: Path, c: dict, seed: int) -> None:
@@ -143,8 +137,7 @@ class Pipeline:
     def prepare(self):
         out, c, seed = self.out, self.c, self.seed
         self.st.run("data", self.test, lambda: task.write_splits(out / "data", c["train"], c["test"], seed))
-        self.st.run("teacher", out / "ablation" / "train.jsonl",
-                    lambda: teacher_files(out, self.train, seed, c["ablation_items"]))
+        self.st.run("teacher", out / "teacher.jsonl", lambda: teacher_files(out, self.train, seed))
         self.st.run("tokenizer", out / "tokenizer" / "tokenizer.json", lambda: tokenizer(out, c, seed))
 
     def base(self, size):
@@ -152,11 +145,11 @@ class Pipeline:
                     lambda: base_model(self.out, size, self.c, self.seed))
         return self.out / f"base_{size}"
 
-    def rft(self, name, base, trajectories, train=None, flags=()):
+    def rft(self, name, base, trajectories, flags=()):
         out = self.out
         self.st.run(name, out / name / "latest", lambda: self.script("train_rft.py", [
-            "--model", base, "--data", train or self.train, "--trajectories", trajectories, "--out", out / name,
-            "--epochs", self.c["rft_epochs"], "--lr", self.c["rft_lr"], *flags, *self.common]))
+            "--model", base, "--data", self.train, "--trajectories", trajectories, "--out", out / name,
+            "--steps", self.c["rft_steps"], "--lr", self.c["rft_lr"], *flags, *self.common]))
         return latest_checkpoint(out / name)
 
     def evaluate(self, name, model, k_max=1, meta=None):
@@ -210,14 +203,13 @@ class Pipeline:
         self.evaluate("base_large", base)
 
     def ablations(self):
-        """The paper's Table 4 on the small base in a reduced setting: the first ablation_items
-        training items, the same epochs and lr, a full-recipe RFT on the same items as reference."""
-        folder = self.out / "ablation"
+        """The paper's Table 4 on the small base, RFT only (reduced setting: no GRPO after it): each
+        variant of the teacher's data on every training item for the same optimizer steps and lr as
+        rft_small, the full recipe they are compared with (the paper trains a fixed 900 steps)."""
         base = self.base("small")
-        for name, (teacher_file, flags) in ABLATIONS.items():
-            if name == "full" or name in self.c["ablations"]:
-                model = self.rft(f"ablation_{name}", base, folder / teacher_file, folder / "train.jsonl", flags)
-                self.evaluate(f"ablation_{name}", model)
+        for name in self.c["ablations"]:
+            teacher_file, flags = ABLATIONS[name]
+            self.evaluate(f"ablation_{name}", self.rft(f"ablation_{name}", base, self.out / teacher_file, flags))
 
     def report(self, ship: Path | None):
         findings.write(self.out, self.c, self.c["ablations"])
