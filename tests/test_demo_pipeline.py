@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from minigrm.data import load_items
+from minigrm.data import load_items, read_jsonl
 from minigrm.demo import findings, reproduce
 from minigrm.resume import latest_checkpoint
 
@@ -13,7 +13,7 @@ from minigrm.resume import latest_checkpoint
 def test_quick_pipeline_runs_every_stage(tmp_path, capfd):
     out, ship = tmp_path / "demo", tmp_path / "ship"
     reproduce.main(["--out", str(out), "--quick", "--ship", str(ship)])
-    for stage in ("rft_small", "rl_small", "rft_large", "meta_rm", "ablation_full", "ablation_no_rejection"):
+    for stage in ("rft_small", "rl_small", "rft_large", "meta_rm", "ablation_no_rejection"):
         assert latest_checkpoint(out / stage) is not None, stage
     for f in ("teacher.jsonl", "teacher_no_hinted.jsonl", "teacher_hinted_only.jsonl", "teacher_no_principles.jsonl",
               "base_small/tokenizer.json", "base_large/model.safetensors", "meta_samples/judgments.jsonl"):
@@ -26,8 +26,10 @@ def test_quick_pipeline_runs_every_stage(tmp_path, capfd):
     assert findings.paired_delta(out, "rl_small", "rl_small", "Voting@2")["value"] == 0
     rejection = json.loads((out / "ablation_no_rejection" / "rejection.json").read_text())
     assert rejection["accepted"] == rejection["trajectories"]  # --no-rejection keeps every trajectory
-    full = json.loads((out / "ablation_full" / "rejection.json").read_text())
-    assert full["accepted"] < full["trajectories"] and full["items"] == 10  # the ablation setting's items
+    full = json.loads((out / "rft_small" / "rejection.json").read_text())
+    assert full["accepted"] < full["trajectories"] and full["items"] == rejection["items"]  # every training item
+    for stage in ("rft_small", "ablation_no_rejection"):  # as many optimizer steps as the full recipe
+        assert len(list(read_jsonl(out / stage / "log.jsonl"))) == reproduce.QUICK["rft_steps"], stage
     meta = json.loads((out / "meta_rm" / "meta_data.json").read_text())
     assert meta["examples"] > 0 and meta["skipped"] > 0  # greedy / hinted judgments are left out
     md = (out / "results.md").read_text()
