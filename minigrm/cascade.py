@@ -182,13 +182,12 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     key = k_cache.data_ptr()
     if key not in groups.prefix_kv:  # gathered once per layer while the groups stand
         k, v = _gather_kv(k_cache, v_cache, groups.prefix_blocks)  # (NG, NB, page, Hkv, D | Dv)
-        groups.prefix_kv[key] = (k.flatten(1, 2).permute(0, 2, 3, 1).contiguous(),
+        groups.prefix_kv[key] = (k.flatten(1, 2).transpose(1, 2).contiguous(),
                                  v.flatten(1, 2).transpose(1, 2).contiguous())
-    k, v = groups.prefix_kv[key]  # (NG, Hkv, D, Lp), (NG, Hkv, Lp, Dv)
+    k, v = groups.prefix_kv[key]  # (NG, Hkv, Lp, D), (NG, Hkv, Lp, Dv)
     Dv = v.shape[-1]
-    Lp = k.shape[-1]
+    Lp = k.shape[-2]
     qs = q[rows].permute(0, 2, 1, 3, 4).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
-    s = _capped(qs @ k, softcap)  # (NG, Hkv, MAXR*G, Lp)
     valid = None
     j = torch.arange(Lp, device=q.device)
     if NG > 1 and Lp * NG != int(groups.prefix_len.sum()):  # prefixes of different lengths: mask the padding
@@ -197,7 +196,12 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
         w = (j[None, None, :] > query_pos[rows][:, :, None] - window)  # (NG, MAXR, Lp)
         w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
         valid = w if valid is None else valid & w
-    o, lse = _attend(s, v, valid)
+    if valid is None and softcap is None and Dv == D and q.device.type == "cpu":
+        # the common case (equal prefixes, no cap, no window) in one fused CPU kernel that also
+        # returns the log-sum-exp: scores, softmax and p @ v without (NG, Hkv, MAXR*G, Lp) tensors
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qs, k, v, scale=1.0)
+    else:
+        o, lse = _attend(_capped(qs @ k.transpose(-1, -2), softcap), v, valid)  # scores (NG, Hkv, MAXR*G, Lp)
     o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
     out = q.new_zeros(B, Hkv, G, Dv)
