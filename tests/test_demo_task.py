@@ -127,6 +127,13 @@ def test_the_teachers_mistakes_are_varied_and_visible():
     assert {0, 1, 2, 3} <= set(per_item)  # some items too easy (3/3), some wrong every time (0/3)
     shortcuts = [r for r, c in graded if r["hinted"] and c and marked_right(r["text"])[1] - {marked_right(r["text"])[0]}]
     assert len(shortcuts) > 10  # right by the hint, not by the computation the text shows
+    # the demo's diagnostic: a disagreement always solved again changes those judgments and no other
+    careful = teacher.trajectories(items, seed=0, hinted_share=1.0, slips=teacher.Slips(recheck=1.0))
+    changed = [a for a, b in zip(recs, careful) if a != b]
+    assert changed and all(r["hinted"] for r in changed) and len(changed) >= len(shortcuts)
+    contradicted = [r for r in careful if r["hinted"] and grm.judge(items[int(r["item"])], r["order"], r["text"],
+                    training=True).correct and marked_right(r["text"])[1] - {marked_right(r["text"])[0]}]
+    assert len(contradicted) < len(shortcuts) / 4, (len(contradicted), len(shortcuts))  # left: miscalled digits
     wrong = [r["text"] for r, c in graded if not c]
     assert sum(task.compute(*task.parse_question(items[int(r["item"])].prompt)[:3]) != marked_right(r["text"])[0]
                for r, c in graded if not c) > len(wrong) / 2  # most errors are in the computation shown
