@@ -127,9 +127,9 @@ def invalid_rates(out: Path, name: str, sample=grm.GREEDY) -> tuple[float, float
     """Invalid share of one sample's judgments (greedy by default): pairs and lists, singles."""
     kinds = {str(it.id): it.kind == "single" for it in load_items(out / "data" / "test.jsonl")}
     bad = {False: [], True: []}
-    for r in read_jsonl(out / f"eval_{name}" / "judgments.jsonl"):
-        if r["sample"] == sample:
-            bad[kinds[r["item"]]].append(r["scores"] is None)
+    for item, samples in _judged(out / f"eval_{name}")[0].items():  # the judgments item_correct reads too
+        if sample in samples:
+            bad[kinds[item]].append(samples[sample]["scores"] is None)
     return tuple(100 * float(np.mean(bad[single])) if bad[single] else float("nan") for single in (False, True))
 
 
