@@ -13,8 +13,9 @@ which is exact (softmax over a union of key sets, recombined by log-sum-exp).
 `CascadeGroups` describes the groups of one decode batch; it only changes when rows come or
 go, so the runner rebuilds it then, not every step (`build_groups`). Here is the torch path
 (the CPU path): every group at once, padded to the longest prefix and the largest group, no
-Python loop over groups. On CUDA `cascade_decode_attention` runs the Triton kernels of
-kernels/cascade_attention.py with the same groups. Both are pinned to the plain paged
+Python loop over groups; each row's suffix K/V is gathered once and then grows by one token
+per step (O(rows) per step, not O(rows x suffix)). On CUDA `cascade_decode_attention` runs the
+Triton kernels of kernels/cascade_attention.py with the same groups. Both are pinned to the plain paged
 attention reference (`kernels.paged_attention.paged_decode_attention_ref`) by
 tests/test_cascade.py. MLA (latent attention: one KV head, V = the first R columns of K) uses
 the same torch path with v_cache a view of k_cache (one gather serves both), and its own
@@ -41,6 +42,8 @@ class CascadeGroups:
     suffix_blocks: int = 0  # host: max blocks of any row's suffix (the runner updates it as rows grow)
     prefix_kv: dict = field(default_factory=dict)  # torch path: each layer's gathered prefix K/V, kept
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
+    suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (suffix_blocks, K, V) of
+    # the rows' private keys, one token appended per step (_suffix_kv)
 
 
 # MLA on the GPU: rows per prefix tile, each 16 heads of a 576-wide latent query (32 stacked
@@ -137,12 +140,12 @@ def _attend(s, v, valid=None):
     Shifted scores are clamped at -60 before exp: probabilities below e^-60 (~1e-26, far below
     fp32's resolution of the sum) would otherwise be denormal floats, on which exp and the
     p @ v matmul run 10-100x slower on x86 (real attention is peaky: most keys are there)."""
-    if valid is not None:
-        s.masked_fill_(~valid, NEG_INF)
+    if valid is not None:  # an added 0 / -inf bias of valid's shape: a broadcast masked_fill_ is ~7x slower
+        s += torch.where(valid, 0.0, NEG_INF)
     m = s.amax(-1, keepdim=True).clamp_min_(-1e30)  # finite: exp(-inf - m) = 0, never nan
     p = s.sub_(m).clamp_(min=-60.0).exp_()
     if valid is not None:
-        p.masked_fill_(~valid, 0.0)  # masked keys weigh exactly 0 (the clamp made them e^-60)
+        p *= valid  # masked keys weigh exactly 0 (the clamp made them e^-60)
     l = p.sum(-1, keepdim=True)  # noqa: E741
     o = (p @ v) / l.clamp_min(1e-30)
     return o, (m + l.log())[..., 0]
@@ -152,23 +155,41 @@ def _capped(s, softcap):
     return s if softcap is None else softcap * torch.tanh(s / softcap)
 
 
-def _suffix(q, k_cache, v_cache, block_tables, lens, start, n_blocks, softcap, window):
-    """Each row against its own keys from `start` on, over n_blocks blocks (>= any row's
-    suffix: a host int, no sync). q (B, Hkv, G, D) fp32, pre-scaled.
-    -> (out (B, Hkv, G, Dv) fp32, lse (B, Hkv, G))."""
-    page, W = k_cache.shape[1], block_tables.shape[1]
-    first_block = start // page
-    idx = first_block[:, None] + torch.arange(n_blocks, device=q.device)  # (B, n_blocks) logical blocks
-    blocks = block_tables.gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
-    positions = (idx[:, :, None] * page + torch.arange(page, device=q.device)).flatten(1)  # (B, L) absolute
-    k, v = _gather_kv(k_cache, v_cache, blocks)
-    k = k.flatten(1, 2).permute(0, 2, 3, 1)  # (B, Hkv, D, L)
-    v = v.flatten(1, 2).transpose(1, 2)  # (B, Hkv, L, Dv)
-    s = _capped(q @ k, softcap)  # (B, Hkv, G, L)
-    query_pos = lens - 1
-    valid = (positions >= start[:, None]) & (positions <= query_pos[:, None])  # (B, L)
+def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups):
+    """Each row's private K/V from `start` on, (B, Hkv, L, D | Dv) fp32 each, L = suffix_blocks
+    pages. Gathered from the paged cache when the groups or that width change (every page-size
+    steps at most); in between only this step's token, just stored, is copied in: O(B) per step,
+    not O(B * L). Columns past a row's query are stale or padding: the caller masks them."""
+    page, W, n_blocks = k_cache.shape[1], block_tables.shape[1], groups.suffix_blocks
+    cached = groups.suffix_kv.get(k_cache.data_ptr())
+    if cached is None or cached[0] != n_blocks:
+        idx = start[:, None] // page + torch.arange(n_blocks, device=lens.device)  # (B, n_blocks) logical
+        blocks = block_tables.gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
+        k, v = _gather_kv(k_cache, v_cache, blocks)  # (B, n_blocks, page, Hkv, D | Dv)
+        cached = (n_blocks, k.flatten(1, 2).transpose(1, 2).contiguous(), v.flatten(1, 2).transpose(1, 2).contiguous())
+        groups.suffix_kv[k_cache.data_ptr()] = cached
+        return cached[1], cached[2]
+    _, k, v = cached
+    pos = lens - 1
+    slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
+    k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
+    rows, col = torch.arange(len(pos), device=pos.device), pos - start
+    k[rows, :, col] = k_new
+    if v.data_ptr() != k.data_ptr():  # MLA: V is K's first columns, written above
+        v[rows, :, col] = v_new
+    return k, v
+
+
+def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window):
+    """Each row against its own keys from `start` on (`_suffix_kv`). q (B, Hkv, G, D) fp32,
+    pre-scaled. -> (out (B, Hkv, G, Dv) fp32, lse (B, Hkv, G))."""
+    k, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups)  # (B, Hkv, L, D | Dv)
+    col = torch.arange(k.shape[2], device=q.device)  # (L,) position - start
+    last = (lens - 1 - start)[:, None]  # (B, 1) the query's column
+    valid = col <= last  # (B, L)
     if window is not None:
-        valid &= positions > query_pos[:, None] - window
+        valid &= col > last - window
+    s = _capped(q @ k.transpose(-1, -2), softcap)  # (B, Hkv, G, L)
     return _attend(s, v, valid[:, None, None, :])
 
 
@@ -187,7 +208,8 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     k, v = groups.prefix_kv[key]  # (NG, Hkv, Lp, D), (NG, Hkv, Lp, Dv)
     Dv = v.shape[-1]
     Lp = k.shape[-2]
-    qs = q[rows].permute(0, 2, 1, 3, 4).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
+    qs = q.index_select(0, rows.view(-1)).view(NG, MAXR, Hkv, G, D)
+    qs = qs.transpose(1, 2).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
     valid = None
     j = torch.arange(Lp, device=q.device)
     if NG > 1 and Lp * NG != int(groups.prefix_len.sum()):  # prefixes of different lengths: mask the padding
@@ -204,10 +226,8 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
         o, lse = _attend(_capped(qs @ k.transpose(-1, -2), softcap), v, valid)  # scores (NG, Hkv, MAXR*G, Lp)
     o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
-    out = q.new_zeros(B, Hkv, G, Dv)
-    out_lse = q.new_full((B, Hkv, G), NEG_INF)
-    out[groups.member_rows] = o[groups.members]
-    out_lse[groups.member_rows] = lse[groups.members]
+    out = q.new_zeros(B, Hkv, G, Dv).index_copy_(0, groups.member_rows, o.index_select(0, groups.members))
+    out_lse = q.new_full((B, Hkv, G), NEG_INF).index_copy_(0, groups.member_rows, lse.index_select(0, groups.members))
     return out, out_lse
 
 
@@ -228,8 +248,7 @@ def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens
     Hkv = k_cache.shape[2]
     qg = (q.float() * scale).view(B, Hkv, H // Hkv, D)  # scores come out scaled
     lens = context_lens.long()
-    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups.suffix_blocks,
-                         softcap, window)
+    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups, softcap, window)
     o_p, lse_p = _prefixes(qg, k_cache, v_cache, groups, lens - 1, softcap, window)
     return merge(o_p, lse_p, o_s, lse_s).reshape(B, H, v_cache.shape[-1]).to(q.dtype)
 

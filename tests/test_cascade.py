@@ -62,6 +62,38 @@ def test_cascade_unequal_prefixes_and_split_groups(window):
         assert (out - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("softcap,window", [(None, None), (5.0, 7)])
+def test_cascade_over_decode_steps_keeps_equal(softcap, window):
+    """The engine keeps one CascadeGroups while its rows stand: the torch path gathers each
+    row's suffix once, then appends one token per step, and re-gathers when the suffix needs
+    another block. Step by step, across block boundaries, it equals paged attention."""
+    page, Hkv, G, D = 4, 2, 2, 8
+    rng = torch.Generator().manual_seed(0)
+    shared = {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2], 3: [3, 4], 4: [3, 4], 5: []}  # two groups, one lone row
+    tables, nxt = [], 5
+    for r in range(6):
+        tables.append(shared[r] + list(range(nxt, nxt + 5)))  # room for the tokens to come
+        nxt += 5
+    lens = [len(shared[r]) * page + 1 + r % 3 for r in range(6)]
+    k_cache, v_cache = torch.randn(nxt, page, Hkv, D, generator=rng), torch.randn(nxt, page, Hkv, D, generator=rng)
+    t = torch.tensor([r + [-1] * (8 - len(r)) for r in tables], dtype=torch.int32)
+    groups = build_groups(tables, lens, page, 1, "cpu", singletons=True)
+    for step in range(10):
+        if step:  # one more token per row: its K/V lands in the cache (as store_kv does), then attend
+            for r, n in enumerate(lens):
+                block, off = tables[r][n // page], n % page
+                k_cache[block, off] = torch.randn(Hkv, D, generator=rng)
+                v_cache[block, off] = torch.randn(Hkv, D, generator=rng)
+            lens = [n + 1 for n in lens]
+        groups.suffix_blocks = max(-(-n // page) - s for n, s in zip(lens, groups.start_blocks))  # as the runner
+        q = torch.randn(6, Hkv * G, D, generator=rng)
+        ln = torch.tensor(lens, dtype=torch.int32)
+        ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, softcap, window)
+        out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, softcap, window)
+        assert (out - ref).abs().max() < 1e-5, step
+    assert len(groups.suffix_kv) == 1  # one layer's suffix, kept across the steps
+
+
 def test_groups_never_share_the_block_a_query_sits_in():
     tables = [[7, 8, 9], [7, 8, 5]]
     groups, start = decode_groups(tables, lens=[9, 8], block_size=4)  # row 1 sits in block 8

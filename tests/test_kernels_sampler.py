@@ -114,6 +114,23 @@ def test_determinism_batch_independence_and_steps():
     assert (t0 != t1).float().mean() > 0.9
 
 
+def test_torch_path_in_row_chunks_equals_one_call(monkeypatch):
+    """The CPU path draws rows in chunks (small temporaries); the tokens and logprobs are those
+    of one whole-batch call, for every kind of row and a softcap."""
+    from minigrm.kernels import sampler
+    logits = logits_like(9, 300, torch.float32, seed=3)
+    args = params([(1.0, 0, 1.0), (0.0, 0, 1.0), (0.7, 25, 1.0), (1.2, 0, 0.8), (0.5, 10, 0.9)] * 2)
+    args = tuple(a[:9] for a in args)
+    whole = sample_ref(logits, *args, softcap=4.0)
+    monkeypatch.setattr(sampler, "use_triton", lambda t: False)
+    monkeypatch.setattr(sampler, "TORCH_CHUNK", 2 * 300)  # two rows per chunk, the last one alone
+    calls = []
+    monkeypatch.setattr(sampler, "sample_ref", lambda x, *a, **k: calls.append(len(x)) or sample_ref(x, *a, **k))
+    chunked = sample(logits, *args, softcap=4.0)
+    assert calls == [2, 2, 2, 2, 1]
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+
+
 def _fmix32(x):
     x ^= x >> 16
     x = (x * 0x7FEB352D) & 0xFFFFFFFF
