@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .kernels import use_triton
 from .kv_cache import BlockManager
-from .memory import num_blocks_for, profile_activation_bytes
+from .memory import keep_freed_memory, num_blocks_for, profile_activation_bytes
 from .runner import ModelRunner
 from .sampling import Completion, SamplingParams
 from .scheduler import FINISHED, Scheduler, Sequence
@@ -60,6 +60,8 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         p = next(model.parameters())
         graphs = p.is_cuda and use_triton(p) and cuda_graphs is not False
+        if not p.is_cuda:
+            keep_freed_memory()  # per-step temporaries reused, not page-faulted in again (memory.py)
         max_model_len = max_model_len or model.config.max_position_embeddings
         self.memory = {}
         if num_blocks is None:

@@ -197,3 +197,35 @@ def test_kv_cache_bytes_is_honoured_on_cpu(tiny2):
     assert e.blocks.num_blocks == 10 and e.runner.k_cache[0].shape[0] == 10
     big = Engine(ours, None, block_size=4, max_num_seqs=2, kv_cache_bytes=2**40, progress=False)
     assert big.blocks.num_blocks == 2 * c.max_position_embeddings // 4 + 1  # never more than can be used
+
+
+FAULTS = """
+import resource, sys, torch
+from minigrm.kernels.sampler import uniform
+if sys.argv[1] == "engine":  # an Engine on CPU sets the allocator up at construction
+    from minigrm.bench import OVERHEAD_MODEL
+    from minigrm.config import ModelConfig
+    from minigrm.engine import Engine
+    from minigrm.model import CausalLM
+    Engine(CausalLM(ModelConfig.from_dict(OVERHEAD_MODEL)), None, kv_cache_bytes=2**20)
+seeds, steps = torch.arange(32), torch.zeros(32, dtype=torch.int64)
+uniform(seeds, steps, 49152).log_()  # the sampler's hash at batch 32 x SmolLM2's vocabulary
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    uniform(seeds, steps, 49152).log_()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's mallopt")
+def test_cpu_engine_keeps_freed_memory_instead_of_page_faulting_it_back():
+    """The same per-step temporaries, freed and allocated again: with glibc's defaults most of
+    their pages fault in again every step; after keep_freed_memory (Engine on CPU) almost none."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
+                                       check=True, env=env).stdout) for mode in ("default", "engine")}
+    assert faults["default"] > 10 * 1000  # > 1,000 faults (4 MB) per step
+    assert faults["engine"] < faults["default"] / 10
