@@ -13,7 +13,8 @@ from minigrm.resume import latest_checkpoint
 def test_quick_pipeline_runs_every_stage(tmp_path, capfd):
     out, ship = tmp_path / "demo", tmp_path / "ship"
     reproduce.main(["--out", str(out), "--quick", "--ship", str(ship)])
-    for stage in ("rft_small", "rl_small", "rft_large", "meta_rm", "ablation_no_rejection"):
+    for stage in ("rft_small", "rl_small", "rft_large", "meta_rm", "ablation_no_rejection", "rft_small_seed1",
+                  "ablation_no_rejection_seed1"):  # every RFT recipe once per training seed
         assert latest_checkpoint(out / stage) is not None, stage
     for f in ("teacher.jsonl", "teacher_no_hinted.jsonl", "teacher_hinted_only.jsonl", "teacher_no_principles.jsonl",
               "base_small/tokenizer.json", "base_large/model.safetensors", "meta_samples/judgments.jsonl"):
@@ -28,14 +29,15 @@ def test_quick_pipeline_runs_every_stage(tmp_path, capfd):
     assert rejection["accepted"] == rejection["trajectories"]  # --no-rejection keeps every trajectory
     full = json.loads((out / "rft_small" / "rejection.json").read_text())
     assert full["accepted"] < full["trajectories"] and full["items"] == rejection["items"]  # every training item
-    for stage in ("rft_small", "ablation_no_rejection"):  # as many optimizer steps as the full recipe
+    for stage in ("rft_small", "ablation_no_rejection", "ablation_no_rejection_seed1"):  # the full recipe's steps
         assert len(list(read_jsonl(out / stage / "log.jsonl"))) == reproduce.QUICK["rft_steps"], stage
     meta = json.loads((out / "meta_rm" / "meta_data.json").read_text())
     assert meta["examples"] > 0 and meta["skipped"] > 0  # greedy / hinted judgments are left out
     md = (out / "results.md").read_text()
     for heading in ("## 1. SPCT stages", "## 2-3. Inference-time scaling", "## 4. Inference-time scaling vs model "
                     "size", "## 5. RFT ablations", "w/o rejective sampling", "MetaRM@k - Voting@k", "The meta RM",
-                    "findings at a glance", "Wall time per stage", "66.1", "72.8"):
+                    "findings at a glance", "Wall time per stage", "66.1", "72.8", "Greedy per seed",
+                    "Training noise: seed 1 minus seed 0", "mean of 2 seeds"):
         assert heading in md, heading
     assert "| small (" in md and "| large (RFT) | " in md and "| GRPO - RFT |" in md
     for svg in ("scaling.svg", "stages.svg"):

@@ -1,6 +1,6 @@
 """The demo's results.md and pictures, from the files the pipeline wrote (nothing typed in).
 
-`write(out, config, ablations)` reads <out>/eval_*/results.json (infer_scale.py), the
+`write(out, config, ablations, seeds)` reads <out>/eval_*/results.json (infer_scale.py), the
 judgments behind them, the RFT rejection statistics, GRPO's log, the meta RM's data summary and
 timings.json, and writes <out>/results.md with one table per finding of the paper, each beside
 the paper's corresponding numbers (GRM_SPEC §4, §7: DeepSeek-GRM-27B, Overall of four
@@ -9,7 +9,8 @@ levels), plus <out>/scaling.svg (Voting@k and MetaRM@k, the larger GRM's greedy 
 <out>/stages.svg (SPCT stages and RFT ablations as bars).
 
 `paired_delta(out, a, b, setting)`: accuracy of eval folder b minus folder a on the same items,
-with a 95% paired bootstrap interval (what "clear of noise" means for one stage over another).
+with a 95% paired bootstrap interval (what "clear of noise" means for one stage over another);
+a or b may be several folders (runs of one recipe with other seeds), scored by their mean.
 """
 import json
 from functools import lru_cache
@@ -27,11 +28,19 @@ from ..rewards import is_correct
 FILES = ("results.md", "scaling.svg", "stages.svg")
 PAPER = {"Greedy": 69.9, "Voting@1": 67.9, "Voting@8": 70.6, "MetaRM@8": 72.0, "Voting@32": 71.0, "MetaRM@32": 72.8}
 PAPER_RFT = {"full": 68.8, "no_hinted": 68.0, "no_non_hinted": 67.4, "no_rejection": 66.1}
-DIAGNOSTICS = ("seed_1",)  # not an ablation: the same recipe run again (training noise)
 ABLATION_NAMES = {"full": "RFT (hinted + non-hinted, rejective)", "no_hinted": "w/o hinted sampling",
                   "no_non_hinted": "w/o non-hinted sampling", "no_rejection": "w/o rejective sampling",
-                  "no_principles": "w/o principles (no Specific Criteria)",
-                  "seed_1": "control: the full recipe again, batches in another order (--seed 1)"}
+                  "no_principles": "w/o principles (no Specific Criteria)"}
+
+
+def recipe_run(recipe: str, seed: int) -> str:
+    """The folder of one RFT recipe's run: rft_small / ablation_<name>, and _seed<s> for seed s > 0."""
+    return ("rft_small" if recipe == "full" else f"ablation_{recipe}") + (f"_seed{seed}" if seed else "")
+
+
+def recipe_runs(out: Path, recipe: str, seeds) -> list[str]:
+    """The evaluated runs of one recipe, in seed order."""
+    return [recipe_run(recipe, s) for s in seeds if _rows(out, recipe_run(recipe, s))]
 
 
 def _rows(out: Path, name: str) -> dict:
@@ -86,16 +95,34 @@ def item_correct(out: Path, name: str, setting: str, seed: int = 0, strict: bool
     return got
 
 
-def paired_delta(out: Path, a: str, b: str, setting: str, b_setting: str | None = None, strict: bool = False,
-                 n_boot: int = 2000, seed: int = 0) -> dict:
-    """Accuracy of (b, b_setting or setting) minus (a, setting) on the items both judged, with a
-    95% paired bootstrap interval (percentage points)."""
-    ca, cb = item_correct(out, a, setting, seed, strict), item_correct(out, b, b_setting or setting, seed, strict)
-    ids = sorted(set(ca) & set(cb))
-    d = np.array([float(cb[i]) - float(ca[i]) for i in ids])
+def mean_correct(out: Path, names, setting: str, seed: int = 0, strict: bool = False) -> dict:
+    """{item id: mean correctness} over one eval folder or several (runs of one recipe)."""
+    per = [item_correct(out, n, setting, seed, strict) for n in ([names] if isinstance(names, str) else names)]
+    return {i: sum(float(p[i]) for p in per) / len(per) for i in set.intersection(*map(set, per))}
+
+
+def _bootstrap(d: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Mean of per-item values with a 95% bootstrap interval over items, in percentage points."""
     boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"value": 100 * d.mean(), "lo": 100 * lo, "hi": 100 * hi, "n": len(d)}
+
+
+def paired_delta(out: Path, a, b, setting: str, b_setting: str | None = None, strict: bool = False,
+                 n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy of (b, b_setting or setting) minus (a, setting) on the items both judged, with a
+    95% paired bootstrap interval (percentage points). a, b: a folder or a list of them (mean)."""
+    ca, cb = mean_correct(out, a, setting, seed, strict), mean_correct(out, b, b_setting or setting, seed, strict)
+    ids = sorted(set(ca) & set(cb))
+    return _bootstrap(np.array([cb[i] - ca[i] for i in ids]), n_boot, seed)
+
+
+def mean_accuracy(out: Path, names, setting: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy averaged over runs (folders) with a 95% bootstrap interval over items, as
+    fractions like results.json's."""
+    c = mean_correct(out, names, setting, seed)
+    e = _bootstrap(np.array([c[i] for i in sorted(c)]), n_boot, seed)
+    return {**{k: e[k] / 100 for k in ("value", "lo", "hi")}, "n": e["n"]}
 
 
 def meta_rm_quality(out: Path, name: str) -> str:
@@ -167,7 +194,7 @@ def _verdict(deltas: list[dict], matching: bool = False) -> str:
     return "partly" if any(d["lo"] > 0 for d in deltas) else "no"
 
 
-def verdict_table(out: Path, small: dict, large: dict, ablations) -> list[str]:
+def verdict_table(out: Path, small: dict, large: dict, ablations, seeds=(0,)) -> list[str]:
     """Each finding of the paper: reproduced when its paired intervals (95%) are clear of 0.
     A comparison is (note, folder a, setting a, folder b, setting b, strict): b minus a."""
     lines = ["| finding | reproduced | paired difference(s), percentage points [95% CI] |", "|---|---|---|"]
@@ -176,7 +203,8 @@ def verdict_table(out: Path, small: dict, large: dict, ablations) -> list[str]:
         if not comparisons:
             lines.append(f"| {label} | not measured (no such setting) | |")
             return
-        if not all(_rows(out, c[1]) and _rows(out, c[3]) for c in comparisons):
+        if not all(c[1] and c[3] and all(map(lambda n: _rows(out, n), [*_names(c[1]), *_names(c[3])]))
+                   for c in comparisons):
             lines.append(f"| {label} | not run | |")
             return
         ds = [paired_delta(out, a, b, sa, sb, strict) for _, a, sa, b, sb, strict in comparisons]
@@ -194,9 +222,15 @@ def verdict_table(out: Path, small: dict, large: dict, ablations) -> list[str]:
         matching=True)
     row("4. (its premise) larger GRM > small GRM, both RFT", [("Greedy", "rft_small", "Greedy", "rft_large", "Greedy",
                                                             False)])
-    row("5. full RFT > each ablation (greedy)", [(name, f"ablation_{name}", "Greedy", "rft_small", "Greedy", False)
-                                                for name in ablations if name not in DIAGNOSTICS])
+    full = recipe_runs(out, "full", seeds)
+    n = min(len(recipe_runs(out, r, seeds)) for r in ("full", *ablations)) if ablations else 0
+    row(f"5. full RFT > each ablation (greedy{f', mean of {n} seeds' if n > 1 else ''})",
+        [(name, recipe_runs(out, name, seeds), "Greedy", full, "Greedy", False) for name in ablations])
     return lines
+
+
+def _names(names) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
 
 
 def scaling_table(out: Path, name: str, rows: dict) -> list[str]:
@@ -230,34 +264,37 @@ def size_table(out: Path, small: dict, large: dict) -> list[str]:
                         "Nemotron-4-340B-Reward 70.5 and GPT-4o 71.3 (GRM_SPEC §7)."]
 
 
-def ablation_table(out: Path, ablations) -> list[str]:
-    """Each ablation against rft_small, the full recipe on the same base, items and optimizer steps."""
-    if not any(_rows(out, f"ablation_{name}") for name in ablations):
+def ablation_table(out: Path, ablations, seeds=(0,)) -> list[str]:
+    """Each recipe's runs (one per training seed) against the full recipe's, on the same base,
+    items and optimizer steps: greedy accuracy per run, their mean, and mean minus full mean."""
+    if not any(recipe_runs(out, name, seeds) for name in ablations):
         return ["Not measured: the ablations' part (`--part ablations`) has not been run in this --out folder."]
-    lines = ["Reduced setting (for time): RFT only (no GRPO after it), on the small base; every variant trains on "
+    full = recipe_runs(out, "full", seeds)
+    lines = ["Reduced setting (for time): RFT only (no GRPO after it), on the small base; every recipe trains on "
              "all training items for as many optimizer steps as the full recipe (rft_small), as the paper trains "
-             "a fixed 900 steps.", "",
-             "| RFT data (small GRM, RFT only) | accepted trajectories | optimizer steps | Greedy [95% CI] | "
-             "Voting@1 [95% CI] | Greedy vs full RFT | paper (27B RFT, Overall) |", "|---|---|---|---|---|---|---|"]
+             f"a fixed 900 steps, once per training seed (seeds {', '.join(map(str, seeds))}: the batch order). "
+             "Intervals: 95% bootstrap over held-out items of the mean over seeds.", "",
+             "| RFT data (small GRM, RFT only) | accepted trajectories (seed 0) | optimizer steps | Greedy per seed | "
+             "Greedy, mean [95% CI] | mean vs full RFT mean | paper (27B RFT, Overall) |", "|---|---|---|---|---|---|---|"]
     for name in ["full", *ablations]:
-        folder = "rft_small" if name == "full" else f"ablation_{name}"
-        r = _rows(out, folder)
-        if not r:
+        runs = recipe_runs(out, name, seeds)
+        if not runs:
             continue
-        rej = json.loads((out / folder / "rejection.json").read_text())
-        steps = sum(1 for _ in read_jsonl(out / folder / "log.jsonl"))
-        delta = "" if name == "full" else _delta(paired_delta(out, "rft_small", folder, "Greedy"))
-        paper = PAPER_RFT.get(name, "-")  # w/o principles: no number in GRM_SPEC; the control is the demo's own
-        lines.append(f"| {ABLATION_NAMES[name]} | {rej['accepted']} of {rej['trajectories']} | {steps} | "
-                     f"{_pct(r['Greedy']['accuracy'])} | {_pct(r['Voting@1']['accuracy'])} | {delta} | "
-                     f"{paper} |")
-    if "seed_1" in ablations and _rows(out, "ablation_seed_1"):
-        d = paired_delta(out, "rft_small", "ablation_seed_1", "Greedy")
+        rej = json.loads((out / runs[0] / "rejection.json").read_text())
+        steps = sum(1 for _ in read_jsonl(out / runs[0] / "log.jsonl"))
+        per_seed = " / ".join(_pct(_rows(out, r)["Greedy"]["accuracy"], interval=False) for r in runs)
+        delta = "" if name == "full" else _delta(paired_delta(out, full, runs, "Greedy"))
+        paper = PAPER_RFT.get(name, "-")  # w/o principles: no number in GRM_SPEC
+        lines.append(f"| {ABLATION_NAMES[name]} | {rej['accepted']} of {rej['trajectories']} | {steps} | {per_seed} | "
+                     f"{_pct(mean_accuracy(out, runs, 'Greedy'))} | {delta} | {paper} |")
+    noise = [(name, paired_delta(out, runs[0], runs[1], "Greedy")) for name in ["full", *ablations]
+             if len(runs := recipe_runs(out, name, seeds)) > 1]
+    if noise:
         gaps = [PAPER_RFT["full"] - v for k, v in PAPER_RFT.items() if k != "full"]
-        lines += ["", f"Training noise: the control (the full recipe, batches in another order) differs from the full "
-                  f"recipe by {_delta(d)} points greedy. One RFT run's accuracy moves that much with the batch order "
-                  f"alone (the intervals above cover the held-out items, not training), so single-run differences of "
-                  f"that size say nothing about the recipes; the paper's Table 4 differences are "
+        spread = ", ".join(f"{ABLATION_NAMES[name].split(' (')[0]} {d['value']:+.1f}" for name, d in noise)
+        lines += ["", f"Training noise: seed {seeds[1]} minus seed {seeds[0]} of the same recipe (same data, batches "
+                  f"in another order), greedy: {spread} points (full recipe: {_delta(noise[0][1])}). One run moves "
+                  f"that much with the batch order alone; the paper's Table 4 differences are "
                   f"{min(gaps):.1f}-{max(gaps):.1f} points."]
     return lines
 
@@ -274,7 +311,7 @@ def rl_curve(log: Path, window: int = 20) -> list[str]:
     return lines
 
 
-def pictures(out: Path, small: dict, large: dict, sizes, ablations) -> None:
+def pictures(out: Path, small: dict, large: dict, sizes, ablations, seeds=(0,)) -> None:
     lines = [("larger GRM (RFT) greedy", 100 * large["Greedy"]["accuracy"]["value"])] if large else []
     (out / "scaling.svg").write_text(curve_svg(list(small.values()), "small GRM (RFT + GRPO): held-out "
                                                "pairs and lists", lines) or "<svg xmlns='http://www.w3.org/2000/svg'/>")
@@ -285,18 +322,18 @@ def pictures(out: Path, small: dict, large: dict, sizes, ablations) -> None:
             r = _rows(out, f"{stage}_{size}")
             if r:
                 groups.append((f"{size} {label}", [bar(s, r[s]["accuracy"]) for s in ("Greedy", "Voting@1")]))
-    for name in ablations:  # beside "small RFT", the full recipe they ablate
-        r = _rows(out, f"ablation_{name}")
-        if r:
-            groups.append((name.replace("no_", "w/o ").replace("_", "-"),
-                           [bar(s, r[s]["accuracy"]) for s in ("Greedy", "Voting@1")]))
+    recipes = [(name, runs) for name in ("full", *ablations) if (runs := recipe_runs(out, name, seeds))]
+    if len(recipes) > 1:  # the RFT recipes, greedy, each the mean of its seeds' runs
+        groups.append((f"RFT recipes, greedy (mean of {min(len(r) for _, r in recipes)} seeds)",
+                       [bar(name.replace("no_", "w/o ").replace("_", "-"), mean_accuracy(out, runs, "Greedy"))
+                        for name, runs in recipes]))
     chance = next(iter(small.values()))["chance"] if small else None
     svg = bars_svg(groups, [("chance", None if chance is None else 100 * chance)],
                    title="SPCT stages (small, large) and RFT ablations (small): held-out accuracy")
     (out / "stages.svg").write_text(svg or "<svg xmlns='http://www.w3.org/2000/svg'/>")
 
 
-def write(out, config: dict, ablations) -> None:
+def write(out, config: dict, ablations, seeds=(0,)) -> None:
     out = Path(out)
     sizes = list(config["sizes"])
     small, large = _rows(out, "rl_small"), _rows(out, "rft_large")
@@ -306,13 +343,13 @@ def write(out, config: dict, ablations) -> None:
           f"--out folder. Held-out: {test[0]} pairs and lists (accuracy; chance {100 * first['chance']:.1f}%) and "
           f"{test[1]} single responses (ROC-AUC). Brackets: 95% bootstrap intervals over items. The paper's "
           "numbers are DeepSeek-GRM-27B's Overall score on four public benchmarks: compare shapes, not levels.", "",
-          "## The findings at a glance", "", *verdict_table(out, small, large, ablations), "",
+          "## The findings at a glance", "", *verdict_table(out, small, large, ablations, seeds), "",
           "## 1. SPCT stages: base < RFT < RFT + GRPO", "", *stage_table(out, sizes), "", "![stages](stages.svg)", "",
           "## 2-3. Inference-time scaling: Voting@k and MetaRM@k (small GRM after GRPO)", "",
           *scaling_table(out, "rl_small", small), "", meta_rm_quality(out, "rl_small"), "",
           "![scaling](scaling.svg)", "",
           "## 4. Inference-time scaling vs model size", "", *size_table(out, small, large), "",
-          "## 5. RFT ablations (the paper's Table 4)", "", *ablation_table(out, ablations), ""]
+          "## 5. RFT ablations (the paper's Table 4)", "", *ablation_table(out, ablations, seeds), ""]
     for size in sizes:
         if (out / f"rft_{size}" / "rejection.json").exists():
             md += [f"RFT rejective sampling ({size}): `{(out / f'rft_{size}' / 'rejection.json').read_text().strip()}`",
@@ -327,5 +364,5 @@ def write(out, config: dict, ablations) -> None:
         md += ["### Wall time per stage (seconds)", "", "| stage | seconds |", "|---|---|",
                *[f"| {k} | {v:.0f} |" for k, v in times.items()], f"| total | {sum(times.values()):.0f} |", ""]
     (out / "results.md").write_text("\n".join(md))
-    pictures(out, small, large, sizes, ablations)
+    pictures(out, small, large, sizes, ablations, seeds)
     print("\n".join(md))

@@ -21,7 +21,8 @@ pretraining keeps a state file, infer_scale.py resumes by itself: an interrupted
   meta_rm     infer_scale.py samples judgments of the small RL GRM on training items, then
               train_rft.py --meta-rm: BCE on Eq. 10 labels of the teacher's non-hinted
               trajectories plus those samples (paper §4)
-  ablation_*  the paper's Table 4 RFT ablations on the small base (RFT only, rft_small's steps)
+  ablation_*  the paper's Table 4 RFT ablations on the small base (RFT only, rft_small's steps);
+              every recipe, the full one too, once per training seed in rft_seeds (*_seed1: --seed 1)
   eval_*      infer_scale.py on test.jsonl: every stage greedy + Voting@1, the small RL GRM up
               to Voting@32 / MetaRM@32; findings.py writes <out>/results.md and the pictures
 `<out>/timings.json` holds each stage's wall time.
@@ -50,22 +51,23 @@ FULL = dict(train=task.TRAIN, test=task.TEST,
             texts=80000, vocab=512, pretrain_steps=dict(small=1500, large=1500), pretrain_batch=8,
             rft_steps=432, rft_lr="1e-3", rl_steps=100, rl_prompts=32, rl_lr="5e-5",
             meta_items=800, meta_teacher_items=1000, meta_k=8, meta_lr="2e-4", k_max=32, max_tokens=320, sizes=SIZES,
-            ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles", "seed_1"),
+            ablations=("no_hinted", "no_non_hinted", "no_rejection", "no_principles"), rft_seeds=(0, 1),
             ship_items=dict(pair=60, list=60))
 QUICK = dict(train=dict(pair=8, list=8, single=4), test=dict(pair=3, list=3, single=2),
              texts=400, vocab=400, pretrain_steps=dict(small=3, large=3), pretrain_batch=4,
              rft_steps=2, rft_lr="1e-3", rl_steps=1, rl_prompts=2, rl_lr="1e-4",
              meta_items=4, meta_teacher_items=4, meta_k=2, meta_lr="1e-4", k_max=2, max_tokens=12,
              sizes={name: dict(hidden=32, layers=1, heads=2, kv_heads=1) for name in SIZES},
-             ablations=("no_rejection",),  # fewer processes: each one imports torch
+             ablations=("no_rejection",), rft_seeds=(0, 1),  # fewer processes: each one imports torch
              ship_items=dict(pair=2, list=3, single=1))
-# name -> (teacher file, extra train_rft.py flags): the paper's Table 4 rows, plus "w/o principles"
-# and a control, "seed_1": the full recipe again with its batches in another order, i.e. how far two
-# runs of one recipe differ (the bootstrap intervals cover the held-out items, not training). The
-# full recipe they are compared with is rft_small (same base, items and optimizer steps).
-ABLATIONS = {"no_hinted": ("teacher_no_hinted.jsonl", []), "seed_1": ("teacher.jsonl", ["--seed", 1]),
-             "no_non_hinted": ("teacher_hinted_only.jsonl", []), "no_rejection": ("teacher.jsonl", ["--no-rejection"]),
-             "no_principles": ("teacher_no_principles.jsonl", [])}
+# recipe -> (teacher file, extra train_rft.py flags): the full RFT recipe (rft_small), the paper's
+# Table 4 rows and "w/o principles". Each recipe trains once per seed of rft_seeds (the seed orders
+# the batches): one run's accuracy moves with the batch order alone, by more than the paper's
+# Table 4 gaps, so the ablations compare means over seeds (the bootstrap intervals cover the
+# held-out items, not training).
+RECIPES = {"full": ("teacher.jsonl", []), "no_hinted": ("teacher_no_hinted.jsonl", []),
+           "no_non_hinted": ("teacher_hinted_only.jsonl", []), "no_rejection": ("teacher.jsonl", ["--no-rejection"]),
+           "no_principles": ("teacher_no_principles.jsonl", [])}
 PARTS = ("prepare", "small", "large", "ablations", "report")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout holding the three scripts
 
@@ -207,14 +209,20 @@ class Pipeline:
     def ablations(self):
         """The paper's Table 4 on the small base, RFT only (reduced setting: no GRPO after it): each
         variant of the teacher's data on every training item for the same optimizer steps and lr as
-        rft_small, the full recipe they are compared with (the paper trains a fixed 900 steps)."""
+        rft_small, the full recipe they are compared with (the paper trains a fixed 900 steps), and
+        every recipe again for each further seed (seed 0 of the full recipe is the small part's)."""
         base = self.base("small")
-        for name in self.c["ablations"]:
-            teacher_file, flags = ABLATIONS[name]
-            self.evaluate(f"ablation_{name}", self.rft(f"ablation_{name}", base, self.out / teacher_file, flags))
+        for seed in self.c["rft_seeds"]:
+            for recipe in ("full", *self.c["ablations"]):
+                if recipe == "full" and seed == 0:
+                    continue
+                teacher_file, flags = RECIPES[recipe]
+                run = findings.recipe_run(recipe, seed)
+                seeded = ["--seed", seed] if seed else []
+                self.evaluate(run, self.rft(run, base, self.out / teacher_file, [*flags, *seeded]))
 
     def report(self, ship: Path | None):
-        findings.write(self.out, self.c, self.c["ablations"])
+        findings.write(self.out, self.c, self.c["ablations"], self.c["rft_seeds"])
         if ship:
             ship_to(latest_checkpoint(self.out / "rl_small"), latest_checkpoint(self.out / "meta_rm"), self.test,
                     self.out, ship, self.c["ship_items"])
