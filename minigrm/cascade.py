@@ -28,6 +28,7 @@ import torch
 from .kernels import use_triton
 
 NEG_INF = float("-inf")
+SUFFIX_CACHE_BYTES = 2**31  # torch path: the rows' dense K/V copies kept across steps, all layers together
 
 
 @dataclass
@@ -44,6 +45,8 @@ class CascadeGroups:
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
     suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (suffix_blocks, K, V) of
     # the rows' private keys, one token appended per step (_suffix_kv)
+    row_ids: list | None = None  # host: each row's sequence id, to carry suffix K/V over a rebuild
+    previous: "CascadeGroups | None" = None  # torch path: the groups these replaced (their suffix K/V)
 
 
 # MLA on the GPU: rows per prefix tile, each 16 heads of a 576-wide latent query (32 stacked
@@ -102,22 +105,23 @@ def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: in
 
 
 def build_groups(block_tables, lens, block_size, min_blocks, device, max_rows=None,
-                 singletons=False) -> CascadeGroups | None:
-    """`decode_groups` as tensors, or None when no group shares min_blocks blocks."""
+                 singletons=False, dense=False) -> CascadeGroups | None:
+    """`decode_groups` as tensors. When no group shares min_blocks blocks: None, or with `dense`
+    (the torch path) no groups at all: every row's whole K/V is its suffix (`_suffix_kv`)."""
     groups, start = decode_groups(block_tables, lens, block_size, min_blocks, max_rows, singletons)
-    if not groups:
+    if not groups and not dense:
         return None
-    maxr, nb = max(len(r) for r, _ in groups), max(n for _, n in groups)
+    maxr, nb = max((len(r) for r, _ in groups), default=0), max((n for _, n in groups), default=0)
     rows = [r + [-1] * (maxr - len(r)) for r, _ in groups]
     blocks = [block_tables[r[0]][:n] + [0] * (nb - n) for r, n in groups]
     flat = [i for i, r in enumerate(sum(rows, [])) if r >= 0]
     t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt).to(device, non_blocking=True)  # noqa: E731
-    rows_t = t(rows)
+    rows_t = t(rows).view(len(groups), maxr)
     members = t(flat, torch.int64)
     start_blocks = [x // block_size for x in start]
     suffix = max(-(-n // block_size) - s for n, s in zip(lens, start_blocks))
-    return CascadeGroups(rows_t, t(blocks), t([n * block_size for _, n in groups]), t(start), members,
-                         rows_t.view(-1)[members].long(), start_blocks, suffix)
+    return CascadeGroups(rows_t, t(blocks).view(len(groups), nb), t([n * block_size for _, n in groups]), t(start),
+                         members, rows_t.view(-1)[members].long(), start_blocks, suffix)
 
 
 def _gather(cache, blocks):
@@ -157,27 +161,66 @@ def _capped(s, softcap):
 
 def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups):
     """Each row's private K/V from `start` on, (B, Hkv, L, D | Dv) fp32 each, L = suffix_blocks
-    pages. Gathered from the paged cache when the groups or that width change (every page-size
-    steps at most); in between only this step's token, just stored, is copied in: O(B) per step,
-    not O(B * L). Columns past a row's query are stale or padding: the caller masks them."""
-    page, W, n_blocks = k_cache.shape[1], block_tables.shape[1], groups.suffix_blocks
-    cached = groups.suffix_kv.get(k_cache.data_ptr())
-    if cached is None or cached[0] != n_blocks:
-        idx = start[:, None] // page + torch.arange(n_blocks, device=lens.device)  # (B, n_blocks) logical
-        blocks = block_tables.gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
-        k, v = _gather_kv(k_cache, v_cache, blocks)  # (B, n_blocks, page, Hkv, D | Dv)
-        cached = (n_blocks, k.flatten(1, 2).transpose(1, 2).contiguous(), v.flatten(1, 2).transpose(1, 2).contiguous())
-        groups.suffix_kv[k_cache.data_ptr()] = cached
-        return cached[1], cached[2]
-    _, k, v = cached
+    pages, kept across steps: rebuilt when the rows or that width change (`_rebuild_suffix`), and
+    otherwise only this step's token, just stored in the paged cache, is copied in: O(B) per
+    step, not O(B * L). Columns past a row's query are stale or zero: the caller masks them."""
+    page, layer = k_cache.shape[1], k_cache.data_ptr()
+    cached = groups.suffix_kv.get(layer)
+    if cached is not None and cached[0] == groups.suffix_blocks:
+        _, k, v = cached
+    else:
+        k, v = _rebuild_suffix(k_cache, v_cache, block_tables, start, groups, layer)
+        kept = sum(x[1].nbytes + x[2].nbytes for key, x in groups.suffix_kv.items() if key != layer)
+        groups.suffix_kv.pop(layer, None)
+        if kept + k.nbytes + v.nbytes <= SUFFIX_CACHE_BYTES:  # else: gathered afresh every step
+            groups.suffix_kv[layer] = (groups.suffix_blocks, k, v)
     pos = lens - 1
     slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
     k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
     rows, col = torch.arange(len(pos), device=pos.device), pos - start
     k[rows, :, col] = k_new
-    if v.data_ptr() != k.data_ptr():  # MLA: V is K's first columns, written above
-        v[rows, :, col] = v_new
+    v[rows, :, col] = v_new
     return k, v
+
+
+def _rebuild_suffix(k_cache, v_cache, block_tables, start, groups: CascadeGroups, layer):
+    """The suffix K/V at the current width. A row that held the same sequence from the same start
+    in the buffer this one replaces (the layer's narrower one, or the previous groups') is copied
+    from it: every position before the current one was in it. The other rows are gathered from
+    the paged cache. Zero-filled, so columns no row has reached hold no stale non-finite values."""
+    B, page, W = start.shape[0], k_cache.shape[1], block_tables.shape[1]
+    n_blocks, dev = groups.suffix_blocks, start.device
+    k = torch.zeros(B, k_cache.shape[2], n_blocks * page, k_cache.shape[3], device=dev)
+    v = torch.zeros(B, v_cache.shape[2], n_blocks * page, v_cache.shape[3], device=dev)
+    src, dst, old = _carried(groups, layer)
+    if src:
+        n = min(k.shape[2], old[0].shape[2])
+        s, d = torch.tensor(src, device=dev), torch.tensor(dst, device=dev)
+        k[d, :, :n], v[d, :, :n] = old[0][s, :, :n], old[1][s, :, :n]
+    fresh = sorted(set(range(B)) - set(dst))
+    if fresh:
+        f = torch.tensor(fresh, device=dev)
+        idx = start[f, None] // page + torch.arange(n_blocks, device=dev)  # (F, n_blocks) logical blocks
+        blocks = block_tables[f].gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
+        kf, vf = _gather_kv(k_cache, v_cache, blocks)  # (F, n_blocks, page, Hkv, D | Dv)
+        k[f], v[f] = kf.flatten(1, 2).transpose(1, 2), vf.flatten(1, 2).transpose(1, 2)
+    return k, v
+
+
+def _carried(groups: CascadeGroups, layer) -> tuple[list, list, tuple | None]:
+    """(rows of the old buffer, rows of the new one, (old K, old V)) for the rows that can be
+    copied: all of them when only the width grew; when the groups were rebuilt, the rows whose
+    sequence (row_ids) and start are unchanged. The previous groups' buffer is released."""
+    if layer in groups.suffix_kv:
+        _, k, v = groups.suffix_kv[layer]
+        return list(range(k.shape[0])), list(range(k.shape[0])), (k, v)
+    prev = groups.previous
+    if prev is None or layer not in prev.suffix_kv or groups.row_ids is None or prev.row_ids is None:
+        return [], [], None
+    _, k, v = prev.suffix_kv.pop(layer)
+    where = {key: r for r, key in enumerate(zip(prev.row_ids, prev.start_blocks))}
+    pairs = [(where[key], r) for r, key in enumerate(zip(groups.row_ids, groups.start_blocks)) if key in where]
+    return [a for a, _ in pairs], [b for _, b in pairs], (k, v)
 
 
 def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window):
@@ -249,6 +292,8 @@ def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens
     qg = (q.float() * scale).view(B, Hkv, H // Hkv, D)  # scores come out scaled
     lens = context_lens.long()
     o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups, softcap, window)
+    if groups.rows.shape[0] == 0:  # no shared prefix (dense groups): the suffix holds every key
+        return o_s.reshape(B, H, v_cache.shape[-1]).to(q.dtype)
     o_p, lse_p = _prefixes(qg, k_cache, v_cache, groups, lens - 1, softcap, window)
     return merge(o_p, lse_p, o_s, lse_s).reshape(B, H, v_cache.shape[-1]).to(q.dtype)
 

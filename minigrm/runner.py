@@ -52,7 +52,12 @@ class ModelRunner:
         return self.cascade_min_tokens < 10**9
 
     def release(self, seq) -> None:
-        """A sequence left the running set (finished or preempted): free its state row."""
+        """A sequence left the running set (finished or preempted): free its state row. Its
+        suffix K/V in the groups is never carried over (a preempted sequence comes back
+        recomputed and is gathered afresh)."""
+        g = self.groups
+        if g is not None and g.row_ids is not None and 0 <= seq.row < len(g.row_ids):
+            g.row_ids[seq.row] = None
         self.state.remove(seq)
 
     def _fused_rope(self, positions):
@@ -95,13 +100,20 @@ class ModelRunner:
             return
         st.dirty, self._groups_key = False, key
         seqs = st.seqs[:n]
-        self.groups = None
-        if n > 1 and self.cascade_on:
-            min_blocks = max(1, -(-self.cascade_min_tokens // self.block_size))
-            kernel = use_triton(st.lens)
-            max_rows = kernel_group_rows(self.model.config) if kernel else None  # the kernel's tile
-            self.groups = build_groups([s.block_table for s in seqs], [len(s) for s in seqs], self.block_size,
-                                       min_blocks, self.device, max_rows, singletons=not kernel)
+        tables, lens = [s.block_table for s in seqs], [len(s) for s in seqs]
+        min_blocks = max(1, -(-self.cascade_min_tokens // self.block_size))
+        old, self.groups = self.groups, None
+        if not use_triton(st.lens):  # torch path: groups always (dense: none, when no prefix is shared), so
+            # each row's K/V is gathered once and grown a token per step (cascade._suffix_kv), carried over
+            # from the old groups for the rows that stay
+            self.groups = build_groups(tables, lens, self.block_size, min_blocks, self.device, singletons=True,
+                                       dense=True)
+            self.groups.row_ids, self.groups.previous = [s.seq_id for s in seqs], old
+            if old is not None:
+                old.previous = None  # one generation back only
+        elif n > 1 and self.cascade_on:  # the Triton kernels, on groups cut to their tile
+            self.groups = build_groups(tables, lens, self.block_size, min_blocks, self.device,
+                                       kernel_group_rows(self.model.config))
         if self.graphs is not None:
             self.graphs.set_groups(self.groups, n)
 

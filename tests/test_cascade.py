@@ -76,21 +76,34 @@ def test_cascade_over_decode_steps_keeps_equal(softcap, window):
         nxt += 5
     lens = [len(shared[r]) * page + 1 + r % 3 for r in range(6)]
     k_cache, v_cache = torch.randn(nxt, page, Hkv, D, generator=rng), torch.randn(nxt, page, Hkv, D, generator=rng)
-    t = torch.tensor([r + [-1] * (8 - len(r)) for r in tables], dtype=torch.int32)
-    groups = build_groups(tables, lens, page, 1, "cpu", singletons=True)
-    for step in range(10):
+    ids = list(range(6))
+
+    def regroup(previous):  # as the runner: tensors of the rows, groups carrying the previous ones' K/V
+        g = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True)
+        g.row_ids, g.previous = list(ids), previous
+        return torch.tensor([r + [-1] * (8 - len(r)) for r in tables], dtype=torch.int32), g
+
+    t, groups = regroup(None)
+    for step in range(14):
         if step:  # one more token per row: its K/V lands in the cache (as store_kv does), then attend
             for r, n in enumerate(lens):
                 block, off = tables[r][n // page], n % page
                 k_cache[block, off] = torch.randn(Hkv, D, generator=rng)
                 v_cache[block, off] = torch.randn(Hkv, D, generator=rng)
             lens = [n + 1 for n in lens]
+        if step == 7:  # rows 1 and 4 finish, the others come in another order
+            keep = [2, 0, 5, 3]
+            tables, lens, ids = [tables[r] for r in keep], [lens[r] for r in keep], [ids[r] for r in keep]
+            old = groups
+            t, groups = regroup(old)
         groups.suffix_blocks = max(-(-n // page) - s for n, s in zip(lens, groups.start_blocks))  # as the runner
-        q = torch.randn(6, Hkv * G, D, generator=rng)
+        q = torch.randn(len(lens), Hkv * G, D, generator=rng)
         ln = torch.tensor(lens, dtype=torch.int32)
         ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, softcap, window)
         out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, softcap, window)
         assert (out - ref).abs().max() < 1e-5, step
+        if step == 7:
+            assert not old.suffix_kv  # its buffer was taken over, not gathered again
     assert len(groups.suffix_kv) == 1  # one layer's suffix, kept across the steps
 
 
