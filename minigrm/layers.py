@@ -53,7 +53,9 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+        # computed on the CPU, then moved: arange on the meta device (load_model's skeleton)
+        # imports torch._dynamo, ~2 s of every script's start-up
+        self.register_buffer("inv_freq", self._inv_freq().to(torch.get_default_device()), persistent=False)
         self.attention_factor = (config.rope_scaling or {}).get("attention_factor", 1.0)  # YaRN
 
     def init_buffers(self, device):  # after building on the meta device
@@ -62,7 +64,7 @@ class RotaryEmbedding(nn.Module):
     def _inv_freq(self) -> torch.Tensor:
         c = self.config
         d = c.qk_rope_head_dim or c.head_dim
-        inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))  # (D/2,)
+        inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float, device="cpu") / d))  # (D/2,)
         s = c.rope_scaling
         if s is None:
             return inv_freq
@@ -95,8 +97,8 @@ def _yarn_inv_freq(inv_freq, dim: int, base: float, s: dict):
     low, high = max(math.floor(dim_of(s["beta_fast"])), 0), min(math.ceil(dim_of(s["beta_slow"])), dim - 1)
     if low == high:
         high += 0.001  # as HF: no zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # 1: interpolate
-    interpolated = 1.0 / (s["factor"] * (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)))
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)  # 1: interp.
+    interpolated = 1.0 / (s["factor"] * (base ** (torch.arange(0, dim, 2, dtype=torch.float, device="cpu") / dim)))
     return interpolated * ramp + inv_freq * (1 - ramp)
 
 

@@ -98,7 +98,10 @@ class Decoder(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        # a skeleton on the meta device (load_model) skips the embedding's normal_ init, which on
+        # meta tensors imports torch._dynamo: ~2 s of every script's start-up
+        skeleton = torch.empty(c.vocab_size, c.hidden_size) if torch.get_default_device().type == "meta" else None
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, _weight=skeleton)
         self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.norm_offset)
         self.rotary_emb = RotaryEmbedding(c)

@@ -122,3 +122,17 @@ def test_legacy_rope_layout_is_read(llama_dir):
     cfg["rope_scaling"] = dict(type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                original_max_position_embeddings=64)
     assert minigrm.ModelConfig.from_dict(cfg).rope_scaling["factor"] == 8.0
+
+
+def test_loading_skips_work_on_the_meta_skeleton():
+    """load_model builds the model on the meta device and overwrites every tensor: building it
+    runs no init or arange there, which would import torch._dynamo (~2 s of every script's start)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; from minigrm.checkpoint import load_model; load_model('minigrm/demo/grm'); "
+            "print('torch._dynamo' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
