@@ -275,7 +275,8 @@ def ablation_table(out: Path, ablations, seeds=(0,)) -> list[str]:
              f"a fixed 900 steps, once per training seed (seeds {', '.join(map(str, seeds))}: the batch order). "
              "Intervals: 95% bootstrap over held-out items of the mean over seeds.", "",
              "| RFT data (small GRM, RFT only) | accepted trajectories (seed 0) | optimizer steps | Greedy per seed | "
-             "Greedy, mean [95% CI] | mean vs full RFT mean | paper (27B RFT, Overall) |", "|---|---|---|---|---|---|---|"]
+             "invalid greedy judgments per seed | Greedy, mean [95% CI] | mean vs full RFT mean | "
+             "paper (27B RFT, Overall) |", "|---|---|---|---|---|---|---|---|"]
     for name in ["full", *ablations]:
         runs = recipe_runs(out, name, seeds)
         if not runs:
@@ -283,10 +284,11 @@ def ablation_table(out: Path, ablations, seeds=(0,)) -> list[str]:
         rej = json.loads((out / runs[0] / "rejection.json").read_text())
         steps = sum(1 for _ in read_jsonl(out / runs[0] / "log.jsonl"))
         per_seed = " / ".join(_pct(_rows(out, r)["Greedy"]["accuracy"], interval=False) for r in runs)
+        invalid = " / ".join(f"{invalid_rates(out, r)[0]:.1f}%" for r in runs)  # pairs and lists
         delta = "" if name == "full" else _delta(paired_delta(out, full, runs, "Greedy"))
         paper = PAPER_RFT.get(name, "-")  # w/o principles: no number in GRM_SPEC
         lines.append(f"| {ABLATION_NAMES[name]} | {rej['accepted']} of {rej['trajectories']} | {steps} | {per_seed} | "
-                     f"{_pct(mean_accuracy(out, runs, 'Greedy'))} | {delta} | {paper} |")
+                     f"{invalid} | {_pct(mean_accuracy(out, runs, 'Greedy'))} | {delta} | {paper} |")
     noise = [(name, paired_delta(out, runs[0], runs[1], "Greedy")) for name in ["full", *ablations]
              if len(runs := recipe_runs(out, name, seeds)) > 1]
     if noise:
