@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from minigrm import cascade
 from minigrm.cascade import build_groups, cascade_decode_attention, decode_groups
 from minigrm.kernels.paged_attention import paged_decode_attention_ref
 
@@ -62,11 +63,15 @@ def test_cascade_unequal_prefixes_and_split_groups(window):
         assert (out - ref).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("softcap,window", [(None, None), (5.0, 7)])
-def test_cascade_over_decode_steps_keeps_equal(softcap, window):
+@pytest.mark.parametrize("softcap,window,budget", [(None, None, None), (5.0, 7, None), (None, None, 0)])
+def test_cascade_over_decode_steps_keeps_equal(softcap, window, budget, monkeypatch):
     """The engine keeps one CascadeGroups while its rows stand: the torch path gathers each
-    row's suffix once, then appends one token per step, and re-gathers when the suffix needs
-    another block. Step by step, across block boundaries, it equals paged attention."""
+    row's suffix once, then appends one token per step, and re-lays it out when the suffix needs
+    another block or the rows change (copying the rows that stay). Step by step, across block
+    boundaries and a rebuild, it equals paged attention; with no memory budget for the kept
+    copies (budget 0) it gathers every step and still does."""
+    if budget is not None:
+        monkeypatch.setattr(cascade, "SUFFIX_CACHE_BYTES", budget)
     page, Hkv, G, D = 4, 2, 2, 8
     rng = torch.Generator().manual_seed(0)
     shared = {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2], 3: [3, 4], 4: [3, 4], 5: []}  # two groups, one lone row
@@ -104,7 +109,7 @@ def test_cascade_over_decode_steps_keeps_equal(softcap, window):
         assert (out - ref).abs().max() < 1e-5, step
         if step == 7:
             assert not old.suffix_kv  # its buffer was taken over, not gathered again
-    assert len(groups.suffix_kv) == 1  # one layer's suffix, kept across the steps
+    assert len(groups.suffix_kv) == (1 if budget is None else 0)  # one layer's suffix, kept across the steps
 
 
 def test_groups_never_share_the_block_a_query_sits_in():
