@@ -95,9 +95,14 @@ def item_correct(out: Path, name: str, setting: str, seed: int = 0, strict: bool
     return got
 
 
+def _names(names) -> list[str]:
+    """One eval folder or several, as a list."""
+    return [names] if isinstance(names, str) else list(names)
+
+
 def mean_correct(out: Path, names, setting: str, seed: int = 0, strict: bool = False) -> dict:
     """{item id: mean correctness} over one eval folder or several (runs of one recipe)."""
-    per = [item_correct(out, n, setting, seed, strict) for n in ([names] if isinstance(names, str) else names)]
+    per = [item_correct(out, n, setting, seed, strict) for n in _names(names)]
     return {i: sum(float(p[i]) for p in per) / len(per) for i in set.intersection(*map(set, per))}
 
 
@@ -203,8 +208,7 @@ def verdict_table(out: Path, small: dict, large: dict, ablations, seeds=(0,)) ->
         if not comparisons:
             lines.append(f"| {label} | not measured (no such setting) | |")
             return
-        if not all(c[1] and c[3] and all(map(lambda n: _rows(out, n), [*_names(c[1]), *_names(c[3])]))
-                   for c in comparisons):
+        if not all(c[1] and c[3] and all(_rows(out, n) for n in [*_names(c[1]), *_names(c[3])]) for c in comparisons):
             lines.append(f"| {label} | not run | |")
             return
         ds = [paired_delta(out, a, b, sa, sb, strict) for _, a, sa, b, sb, strict in comparisons]
@@ -227,10 +231,6 @@ def verdict_table(out: Path, small: dict, large: dict, ablations, seeds=(0,)) ->
     row(f"5. full RFT > each ablation (greedy{f', mean of {n} seeds' if n > 1 else ''})",
         [(name, recipe_runs(out, name, seeds), "Greedy", full, "Greedy", False) for name in ablations])
     return lines
-
-
-def _names(names) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
 
 
 def scaling_table(out: Path, name: str, rows: dict) -> list[str]:
