@@ -162,9 +162,10 @@ def _capped(s, softcap):
 def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups):
     """Each row's private keys and values from `start` on: K^T (B, Hkv, D, L) and V (B, Hkv, L,
     Dv) fp32 (K transposed: q @ K^T over many tiny batches is ~1.6x faster on CPU with K^T
-    contiguous), L = suffix_blocks pages, kept across steps: rebuilt when the rows or that width change (`_rebuild_suffix`), and
-    otherwise only this step's token, just stored in the paged cache, is copied in: O(B) per
-    step, not O(B * L). Columns past a row's query are stale or zero: the caller masks them."""
+    contiguous), L = suffix_blocks pages, kept across steps: rebuilt when the rows or that width
+    change (`_rebuild_suffix`), and otherwise only this step's token, just stored in the paged
+    cache, is copied in: O(B) per step, not O(B * L). Columns past a row's query are stale or
+    zero: the caller masks them."""
     page, layer = k_cache.shape[1], k_cache.data_ptr()
     cached = groups.suffix_kv.get(layer)
     if cached is not None and cached[0] == groups.suffix_blocks:
