@@ -200,11 +200,12 @@ def test_kv_cache_bytes_is_honoured_on_cpu(tiny2):
 
 
 FAULTS = """
-import ctypes, ctypes.util, resource, sys, torch
+import resource, sys, torch
 from minigrm.kernels.sampler import uniform
-libc = ctypes.CDLL(ctypes.util.find_library("c"))
-libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD at glibc's documented defaults, fixed:
-libc.mallopt(-1, 128 * 1024)  # glibc otherwise adapts them to the sizes freed, so "default" depends on history
+from minigrm.memory import keep_freed_memory
+# both thresholds at glibc's documented default (128 KB), fixed: glibc otherwise adapts them to the
+# sizes freed, so "default" would depend on the process's history
+keep_freed_memory(mmap_threshold=128 * 1024, trim_threshold=128 * 1024)
 if sys.argv[1] == "engine":  # an Engine on CPU sets the allocator up at construction
     from minigrm.bench import OVERHEAD_MODEL
     from minigrm.config import ModelConfig
