@@ -95,6 +95,31 @@ def item_correct(out: Path, name: str, setting: str, seed: int = 0, strict: bool
     return got
 
 
+def vote_agreement(folder: Path, items_path: Path, k: int) -> dict:
+    """Where summed-score voting and a majority of right/wrong samples part (strict rule: a tie is
+    wrong), over the pairs and lists of `items_path` judged k times in `folder` (infer_scale.py's
+    judgments.jsonl): "right_counts" [items whose samples are right 0..k times], "mean" (of the
+    samples), "majority" (a k/2-k/2 split counts half), "voting" (Voting@k), "wins" (vote right,
+    majority wrong) and "losses" (vote wrong, majority right), accuracies in %."""
+    by_item, _ = _judged(Path(folder))
+    counts, votes, wins, losses, n = [0] * (k + 1), 0, 0, 0, 0
+    for it in load_items(items_path):
+        if it.kind == "single":
+            continue
+        judged = [by_item[str(it.id)][j] for j in range(k)]
+        right = sum(judgments.item_result(it, [r], None, 0)["correct_strict"] for r in judged)
+        vote = judgments.item_result(it, judged, None, 0)["correct_strict"]
+        majority = 1.0 if 2 * right > k else 0.5 if 2 * right == k else 0.0
+        counts[right] += 1
+        votes, n = votes + vote, n + 1
+        wins += vote and majority == 0
+        losses += (not vote) and majority == 1
+    pct = lambda x: round(100 * x / n, 1)  # noqa: E731
+    return {"right_counts": counts, "mean": pct(sum(j * c for j, c in enumerate(counts)) / k),
+            "majority": pct(sum(c * (1.0 if 2 * j > k else 0.5 if 2 * j == k else 0.0) for j, c in enumerate(counts))),
+            "voting": pct(votes), "wins": wins, "losses": losses}
+
+
 def _names(names) -> list[str]:
     """One eval folder or several, as a list."""
     return [names] if isinstance(names, str) else list(names)
