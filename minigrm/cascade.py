@@ -41,9 +41,10 @@ class CascadeGroups:
     member_rows: torch.Tensor  # (M,) int64 rows.view(-1)[members]
     start_blocks: list[int] | None = None  # host: start // block_size per row
     suffix_blocks: int = 0  # host: max blocks of any row's suffix (the runner updates it as rows grow)
+    unequal_prefixes: bool = True  # host: the groups' prefixes differ in length (the torch path masks the padding)
     prefix_kv: dict = field(default_factory=dict)  # torch path: each layer's gathered prefix K/V, kept
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
-    suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (suffix_blocks, K^T, V) of
+    suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (suffix_blocks, K, V) of
     # the rows' private keys, one token appended per step (_suffix_kv)
     row_ids: list | None = None  # host: each row's sequence id, to carry suffix K/V over a rebuild
     previous: "CascadeGroups | None" = None  # torch path: the groups these replaced (their suffix K/V)
@@ -121,7 +122,8 @@ def build_groups(block_tables, lens, block_size, min_blocks, device, max_rows=No
     start_blocks = [x // block_size for x in start]
     suffix = max(-(-n // block_size) - s for n, s in zip(lens, start_blocks))
     return CascadeGroups(rows_t, t(blocks).view(len(groups), nb), t([n * block_size for _, n in groups]), t(start),
-                         members, rows_t.view(-1)[members].long(), start_blocks, suffix)
+                         members, rows_t.view(-1)[members].long(), start_blocks, suffix,
+                         unequal_prefixes=len({n for _, n in groups}) > 1)
 
 
 def _gather(cache, blocks):
@@ -138,21 +140,29 @@ def _gather_kv(k_cache, v_cache, blocks):
     return k, _gather(v_cache, blocks).float()
 
 
-def _attend(s, v, valid=None):
+def _attend(s, v, bias=None):
     """softmax(s) @ v and log-sum-exp from scores s (..., Lq, L) (consumed), v (..., L, D);
-    `valid` masks keys (broadcast to s). lse = -inf and output 0 where no key is valid.
-    Shifted scores are clamped at -60 before exp: probabilities below e^-60 (~1e-26, far below
-    fp32's resolution of the sum) would otherwise be denormal floats, on which exp and the
-    p @ v matmul run 10-100x slower on x86 (real attention is peaky: most keys are there)."""
-    if valid is not None:  # an added 0 / -inf bias of valid's shape: a broadcast masked_fill_ is ~7x slower
-        s += torch.where(valid, 0.0, NEG_INF)
+    `bias` (0 for a valid key, -inf for a masked one; broadcast to s) masks keys. lse = -inf and
+    output 0 where no key is valid. Shifted scores are clamped at -60 before exp: probabilities
+    below e^-60 (~1e-26, far below fp32's resolution of the sum) would otherwise be denormal
+    floats, on which exp and the p @ v matmul run 10-100x slower on x86 (real attention is
+    peaky: most keys are there); the bias, added again after the clamp, keeps masked keys at
+    exactly 0."""
+    if bias is not None:
+        s += bias
     m = s.amax(-1, keepdim=True).clamp_min_(-1e30)  # finite: exp(-inf - m) = 0, never nan
-    p = s.sub_(m).clamp_(min=-60.0).exp_()
-    if valid is not None:
-        p *= valid  # masked keys weigh exactly 0 (the clamp made them e^-60)
+    p = s.sub_(m).clamp_(min=-60.0)
+    if bias is not None:
+        p += bias
+    p = p.exp_()
     l = p.sum(-1, keepdim=True)  # noqa: E741
     o = (p @ v) / l.clamp_min(1e-30)
     return o, (m + l.log())[..., 0]
+
+
+def _bias(valid):
+    """A boolean key mask as the additive bias `_attend` takes: 0 where valid, -inf elsewhere."""
+    return torch.where(valid, 0.0, NEG_INF)
 
 
 def _capped(s, softcap):
@@ -160,9 +170,8 @@ def _capped(s, softcap):
 
 
 def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups):
-    """Each row's private keys and values from `start` on: K^T (B, Hkv, D, L) and V (B, Hkv, L,
-    Dv) fp32 (K transposed: q @ K^T over many tiny batches is ~1.6x faster on CPU with K^T
-    contiguous), L = suffix_blocks pages, kept across steps: rebuilt when the rows or that width
+    """Each row's private keys and values from `start` on: K (B, Hkv, L, D) and V (B, Hkv, L,
+    Dv) fp32, L = suffix_blocks pages, kept across steps: rebuilt when the rows or that width
     change (`_rebuild_suffix`), and otherwise only this step's token, just stored in the paged
     cache, is copied in: O(B) per step, not O(B * L). Columns past a row's query are stale or
     zero: the caller masks them."""
@@ -180,7 +189,7 @@ def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroup
     slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
     k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
     rows, col = torch.arange(len(pos), device=pos.device), pos - start
-    k[rows, :, :, col] = k_new
+    k[rows, :, col] = k_new
     v[rows, :, col] = v_new
     return k, v
 
@@ -192,20 +201,20 @@ def _rebuild_suffix(k_cache, v_cache, block_tables, start, groups: CascadeGroups
     the paged cache. Zero-filled, so columns no row has reached hold no stale non-finite values."""
     B, page, W = start.shape[0], k_cache.shape[1], block_tables.shape[1]
     n_blocks, dev = groups.suffix_blocks, start.device
-    k = torch.zeros(B, k_cache.shape[2], k_cache.shape[3], n_blocks * page, device=dev)  # K^T
+    k = torch.zeros(B, k_cache.shape[2], n_blocks * page, k_cache.shape[3], device=dev)
     v = torch.zeros(B, v_cache.shape[2], n_blocks * page, v_cache.shape[3], device=dev)
     src, dst, old = _carried(groups, layer)
     if src:
         n = min(v.shape[2], old[1].shape[2])
         s, d = torch.tensor(src, device=dev), torch.tensor(dst, device=dev)
-        k[d, :, :, :n], v[d, :, :n] = old[0][s, :, :, :n], old[1][s, :, :n]
+        k[d, :, :n], v[d, :, :n] = old[0][s, :, :n], old[1][s, :, :n]
     fresh = sorted(set(range(B)) - set(dst))
     if fresh:
         f = torch.tensor(fresh, device=dev)
         idx = start[f, None] // page + torch.arange(n_blocks, device=dev)  # (F, n_blocks) logical blocks
         blocks = block_tables[f].gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
         kf, vf = _gather_kv(k_cache, v_cache, blocks)  # (F, n_blocks, page, Hkv, D | Dv)
-        k[f], v[f] = kf.flatten(1, 2).permute(0, 2, 3, 1), vf.flatten(1, 2).transpose(1, 2)
+        k[f], v[f] = kf.flatten(1, 2).transpose(1, 2), vf.flatten(1, 2).transpose(1, 2)
     return k, v
 
 
@@ -228,14 +237,18 @@ def _carried(groups: CascadeGroups, layer) -> tuple[list, list, tuple | None]:
 def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window):
     """Each row against its own keys from `start` on (`_suffix_kv`). q (B, Hkv, G, D) fp32,
     pre-scaled. -> (out (B, Hkv, G, Dv) fp32, lse (B, Hkv, G))."""
-    kt, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups)  # (B, Hkv, D, L), (B, Hkv, L, Dv)
+    k, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups)  # (B, Hkv, L, D | Dv)
     col = torch.arange(v.shape[2], device=q.device)  # (L,) position - start
     last = (lens - 1 - start)[:, None]  # (B, 1) the query's column
     valid = col <= last  # (B, L)
     if window is not None:
         valid &= col > last - window
-    s = _capped(q @ kt, softcap)  # (B, Hkv, G, L)
-    return _attend(s, v, valid[:, None, None, :])
+    bias = _bias(valid)[:, None, None, :]  # (B, 1, 1, L)
+    if softcap is None and v.shape[-1] == q.shape[-1] and q.device.type == "cpu":
+        # torch's fused CPU flash kernel with the mask as a bias, log-sum-exp included: one call
+        # for the B tiny attentions (~2x faster than the matmuls and softmax below at B = 256)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=1.0)
+    return _attend(_capped(q @ k.transpose(-1, -2), softcap), v, bias)  # scores (B, Hkv, G, L)
 
 
 def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, window):
@@ -257,7 +270,7 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     qs = qs.transpose(1, 2).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
     valid = None
     j = torch.arange(Lp, device=q.device)
-    if NG > 1 and Lp * NG != int(groups.prefix_len.sum()):  # prefixes of different lengths: mask the padding
+    if groups.unequal_prefixes:  # mask the padding
         valid = (j[None, :] < groups.prefix_len[:, None])[:, None, None, :]  # (NG, 1, 1, Lp)
     if window is not None:
         w = (j[None, None, :] > query_pos[rows][:, :, None] - window)  # (NG, MAXR, Lp)
@@ -268,7 +281,8 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
         # returns the log-sum-exp: scores, softmax and p @ v without (NG, Hkv, MAXR*G, Lp) tensors
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qs, k, v, scale=1.0)
     else:
-        o, lse = _attend(_capped(qs @ k.transpose(-1, -2), softcap), v, valid)  # scores (NG, Hkv, MAXR*G, Lp)
+        bias = None if valid is None else _bias(valid)
+        o, lse = _attend(_capped(qs @ k.transpose(-1, -2), softcap), v, bias)  # scores (NG, Hkv, MAXR*G, Lp)
     o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
     out = q.new_zeros(B, Hkv, G, Dv).index_copy_(0, groups.member_rows, o.index_select(0, groups.members))

@@ -36,6 +36,7 @@ class DecodeState:
         self.holes: list[int] = []
         self.synced: dict = {}  # Sequence -> how many of its block-table entries the tensor holds
         self.width = 1  # max blocks any live row uses (torch paths crop the table to it)
+        self.grown: list[int] = []  # rows that got a block at the last flush
         self.dirty = True  # rows changed since the cascade groups were built
 
     @property
@@ -74,6 +75,7 @@ class DecodeState:
                 synced[seq] = n
                 if n > self.width:
                     self.width = n
+        self.grown = rows
         if rows:
             idx = self._h2d([rows, cols, blocks], torch.int64)  # (3, n) one copy
             self.tables[idx[0], idx[1]] = idx[2].to(torch.int32)

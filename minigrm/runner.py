@@ -90,7 +90,7 @@ class ModelRunner:
             return [], [], []
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (2, rows) float64
         tokens, logprobs = out.tolist()  # the one device-to-host copy of the step
-        return st.seqs[:n_dec + len(done)], [int(t) for t in tokens], logprobs
+        return st.seqs[:n_dec + len(done)], list(map(int, tokens)), logprobs
 
     def _update_groups(self, n: int) -> None:
         """Rebuild the cascade groups when rows changed (not every step)."""
@@ -133,9 +133,10 @@ class ModelRunner:
             lens = torch.where(valid, lens, 1)
             pos = pos.masked_fill(~valid, 0)
         if not capture and self.groups is not None and self.groups.start_blocks is not None:
-            # the torch suffix's width: each row's blocks past its start, as rows grow (O(rows) ints)
+            # the torch suffix's width: each row's blocks past its start, for the rows that got a block
             g = self.groups
-            g.suffix_blocks = max(map(lambda s, a: len(s.block_table) - a, st.seqs[:b], g.start_blocks))
+            for r in st.grown:
+                g.suffix_blocks = max(g.suffix_blocks, len(st.seqs[r].block_table) - g.start_blocks[r])
         groups = groups if capture else self.groups
         attn = DecodeAttention(self.k_cache, self.v_cache, slots, tables, lens, groups, self._fused_rope(pos),
                                all_valid=valid is None)

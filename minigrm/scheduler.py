@@ -173,12 +173,11 @@ class Scheduler:
         a prompt chunk, of the chunk): register the blocks that became full, so a
         recomputation or another sequence can share them."""
         bs = self.blocks.block_size
-        seq.num_computed = len(seq) - 1 if seq.decoding else seq.chunk_end
-        full = seq.num_computed // bs
-        for i in range(seq.num_registered, full):
-            seq.prefix_key = self.blocks.register(seq.block_table[i], seq.prefix_key, seq.tokens(i * bs, (i + 1) * bs))
-        if full > seq.num_registered:
-            seq.num_registered = full
+        seq.num_computed = n = len(seq) - 1 if seq.decoding else seq.chunk_end
+        if n // bs > seq.num_registered:  # a block filled up (once per block_size tokens)
+            for i in range(seq.num_registered, n // bs):
+                seq.prefix_key = self.blocks.register(seq.block_table[i], seq.prefix_key, seq.tokens(i * bs, (i + 1) * bs))
+            seq.num_registered = n // bs
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = FINISHED, reason

@@ -62,6 +62,35 @@ def test_kernel_matches_reference_large_odd_vocab():
     check_same(logits, params(rows, seed0=99, step0=17), 30.0, block_v=4096)
 
 
+def test_reference_noise_only_where_it_can_win_equals_noise_everywhere(monkeypatch):
+    """Above DENSE_VOCAB the torch path draws noise only for the contenders of peaked rows (~1%
+    of the tokens here); the tokens are those of drawing it for every token (each way checked to
+    have run)."""
+    from minigrm.kernels import sampler
+    rows = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.6, 0, 1.0), (0.8, 40, 1.0), (1.1, 0, 0.9)] * 4
+    logits = logits_like(len(rows), 3000, torch.float32, scale=12.0, seed=5)
+    args = params(rows, seed0=11, step0=3)
+    widths = []
+    monkeypatch.setattr(sampler, "uniform", lambda *a: widths.append(len(a)) or uniform(*a))
+    sparse = sample_ref(logits, *args)
+    monkeypatch.setattr(sampler, "DENSE_VOCAB", 10**9)
+    dense = sample_ref(logits, *args)
+    assert widths == [5, 3]  # contenders only (rows, cols given), then every token
+    assert torch.equal(sparse[0], dense[0]) and torch.equal(sparse[1], dense[1])
+    assert (dense[0] != logits.argmax(-1)).sum() >= 3  # real draws: not always the most likely token
+    # many draws of one row whose runners-up trail the best by 1 .. 12 (score units at T = 1): each
+    # wins now and then, so a contender margin narrower than the noise's range changes some draws
+    z = torch.full((3000,), -30.0)
+    z[7], z[100:106] = 10.0, 10.0 - torch.tensor([1.0, 2.5, 4.0, 6.0, 9.0, 12.0])
+    n = 2000
+    many = (z.expand(n, -1), torch.ones(n), torch.zeros(n, dtype=torch.int32), torch.ones(n),
+            torch.arange(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64))
+    dense = sample_ref(*many)[0]
+    monkeypatch.setattr(sampler, "DENSE_VOCAB", 1024)
+    assert torch.equal(sample_ref(*many)[0], dense) and widths[-1] == 5
+    assert (dense == 102).sum() > 10 and (dense == 103).any()  # runners-up 4 and 6 behind won (~25, ~3 expected)
+
+
 def test_many_seeds_temperature_and_top_p():
     # many draws over one small vocabulary: the hash, the noise and the kept sets all agree
     rows = [(0.5 + 0.1 * (i % 7), (0, 5, 40)[i % 3], (1.0, 0.9, 0.5, 0.99)[i % 4]) for i in range(24)]
