@@ -135,9 +135,14 @@ def _gather_kv(k_cache, v_cache, blocks):
     """(K, V) rows of `blocks` in fp32, (..., page, Hkv, D) each. MLA passes the latent cache as
     K and its first R columns as V (a view of the same rows): one gather serves both."""
     k = _gather(k_cache, blocks).float()
-    if v_cache.data_ptr() == k_cache.data_ptr() and v_cache.stride() == k_cache.stride():
+    if _latent(k_cache, v_cache):
         return k, k[..., :v_cache.shape[-1]]
     return k, _gather(v_cache, blocks).float()
+
+
+def _latent(k, v) -> bool:
+    """v is k's first columns (MLA's latent rows: V = the first R columns of K)."""
+    return v.data_ptr() == k.data_ptr() and v.stride() == k.stride()
 
 
 def _attend(s, v, bias=None):
@@ -163,6 +168,20 @@ def _attend(s, v, bias=None):
 def _bias(valid):
     """A boolean key mask as the additive bias `_attend` takes: 0 where valid, -inf elsewhere."""
     return torch.where(valid, 0.0, NEG_INF)
+
+
+def _attention(q, k, v, bias=None, softcap=None, fused=True):
+    """(softmax(q @ k^T + bias) @ v, log-sum-exp); q (..., Lq, D) pre-scaled, k (..., L, D), v (..., L,
+    Dv). On CPU without softcap (and `fused`: every query keeps a key, as the kernel returns lse 0,
+    not -inf, for a query with none) one call of torch's fused flash kernel, which returns the
+    log-sum-exp too and never holds the scores; MLA (v is k's first columns) attends with V = K and
+    keeps Dv columns. Otherwise `_attend` on the scores."""
+    latent = _latent(k, v)
+    if fused and softcap is None and q.device.type == "cpu" and (v.shape[-1] == q.shape[-1] or latent):
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k if latent else v,
+                                                                            attn_mask=bias, scale=1.0)
+        return o[..., :v.shape[-1]], lse
+    return _attend(_capped(q @ k.transpose(-1, -2), softcap), v, bias)
 
 
 def _capped(s, softcap):
@@ -202,7 +221,10 @@ def _rebuild_suffix(k_cache, v_cache, block_tables, start, groups: CascadeGroups
     B, page, W = start.shape[0], k_cache.shape[1], block_tables.shape[1]
     n_blocks, dev = groups.suffix_blocks, start.device
     k = torch.zeros(B, k_cache.shape[2], n_blocks * page, k_cache.shape[3], device=dev)
-    v = torch.zeros(B, v_cache.shape[2], n_blocks * page, v_cache.shape[3], device=dev)
+    if _latent(k_cache, v_cache):  # MLA: V is a view of K's first columns here too
+        v = k[..., :v_cache.shape[-1]]
+    else:
+        v = torch.zeros(B, v_cache.shape[2], n_blocks * page, v_cache.shape[3], device=dev)
     src, dst, old = _carried(groups, layer)
     if src:
         n = min(v.shape[2], old[1].shape[2])
@@ -243,12 +265,8 @@ def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, win
     valid = col <= last  # (B, L)
     if window is not None:
         valid &= col > last - window
-    bias = _bias(valid)[:, None, None, :]  # (B, 1, 1, L)
-    if softcap is None and v.shape[-1] == q.shape[-1] and q.device.type == "cpu":
-        # torch's fused CPU flash kernel with the mask as a bias, log-sum-exp included: one call
-        # for the B tiny attentions (~2x faster than the matmuls and softmax below at B = 256)
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=1.0)
-    return _attend(_capped(q @ k.transpose(-1, -2), softcap), v, bias)  # scores (B, Hkv, G, L)
+    # fused: ~2x faster than matmuls and a softmax for B = 256 tiny attentions (each query keeps its own key)
+    return _attention(q, k, v, _bias(valid)[:, None, None, :], softcap)
 
 
 def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, window):
@@ -261,8 +279,9 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     key = k_cache.data_ptr()
     if key not in groups.prefix_kv:  # gathered once per layer while the groups stand
         k, v = _gather_kv(k_cache, v_cache, groups.prefix_blocks)  # (NG, NB, page, Hkv, D | Dv)
-        groups.prefix_kv[key] = (k.flatten(1, 2).transpose(1, 2).contiguous(),
-                                 v.flatten(1, 2).transpose(1, 2).contiguous())
+        k = k.flatten(1, 2).transpose(1, 2).contiguous()
+        v = k[..., :v.shape[-1]] if _latent(k_cache, v_cache) else v.flatten(1, 2).transpose(1, 2).contiguous()
+        groups.prefix_kv[key] = (k, v)
     k, v = groups.prefix_kv[key]  # (NG, Hkv, Lp, D), (NG, Hkv, Lp, Dv)
     Dv = v.shape[-1]
     Lp = k.shape[-2]
@@ -276,13 +295,10 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
         w = (j[None, None, :] > query_pos[rows][:, :, None] - window)  # (NG, MAXR, Lp)
         w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
         valid = w if valid is None else valid & w
-    if valid is None and softcap is None and Dv == D and q.device.type == "cpu":
-        # the common case (equal prefixes, no cap, no window) in one fused CPU kernel that also
-        # returns the log-sum-exp: scores, softmax and p @ v without (NG, Hkv, MAXR*G, Lp) tensors
-        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qs, k, v, scale=1.0)
-    else:
-        bias = None if valid is None else _bias(valid)
-        o, lse = _attend(_capped(qs @ k.transpose(-1, -2), softcap), v, bias)  # scores (NG, Hkv, MAXR*G, Lp)
+    # fused only without a window (which can leave a query no prefix key) and not for MLA, whose
+    # 576-wide latent rows against long prefixes run faster as two matmuls (bench_deepseek shapes)
+    fused = window is None and not _latent(k, v)
+    o, lse = _attention(qs, k, v, None if valid is None else _bias(valid), softcap, fused)
     o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
     out = q.new_zeros(B, Hkv, G, Dv).index_copy_(0, groups.member_rows, o.index_select(0, groups.members))

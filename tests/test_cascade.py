@@ -38,8 +38,10 @@ def cascade_case(Hkv, G, D, groups=(3, 1, 4), prefix_blocks=5, seed=0, page=4, d
 
 
 @pytest.mark.parametrize("Hkv,G,D", [(2, 1, 16), (1, 8, 32), (3, 3, 64)])
-@pytest.mark.parametrize("softcap,window", [(None, None), (5.0, None), (None, 20), (5.0, 9)])
+@pytest.mark.parametrize("softcap,window", [(None, None), (5.0, None), (None, 20), (5.0, 9), (None, 6)])
 def test_cascade_equals_paged_attention(Hkv, G, D, softcap, window):
+    """Window 6: some rows' queries are more than 6 past their prefix, which they then do not
+    see at all (an empty part of the log-sum-exp merge)."""
     page = 4
     q, k_cache, v_cache, t, ln, tables, lens = cascade_case(Hkv, G, D, seed=Hkv * 100 + G)
     groups = build_groups(tables, lens, page, 1, "cpu")
