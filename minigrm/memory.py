@@ -26,10 +26,10 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
     """CPU decode steps allocate and free the same temporaries every step, many of them 128 KB
-    to tens of MB (batch x vocabulary logits and their int64 hash, suffix K/V). glibc hands
+    to tens of MB (batch x vocabulary logits and the sampler's noise, suffix K/V). glibc hands
     blocks that large back to the kernel on free (mmap, heap trim), so each step page-faults
-    them in again: 1.6x on an int64 hash chain over (32, 49152) on the 2-core CPU, ~7% of a
-    decode step of bench --overhead. Raising both thresholds (process-wide, as tcmalloc or
+    them in again: 1.6x on the sampler's (then int64) hash chain over (32, 49152) on the 2-core
+    CPU, ~7% of a decode step of bench --overhead. Raising both thresholds (process-wide, as tcmalloc or
     jemalloc would) keeps them for reuse. -> whether the C library took the settings."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
