@@ -44,8 +44,8 @@ class CascadeGroups:
     unequal_prefixes: bool = True  # host: the groups' prefixes differ in length (the torch path masks the padding)
     prefix_kv: dict = field(default_factory=dict)  # torch path: each layer's gathered prefix K/V, kept
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
-    suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (suffix_blocks, K, V) of
-    # the rows' private keys, one token appended per step (_suffix_kv)
+    suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (K, V) buffers of the rows'
+    # private keys, one token appended per step (_suffix_kv)
     row_ids: list | None = None  # host: each row's sequence id, to carry suffix K/V over a rebuild
     previous: "CascadeGroups | None" = None  # torch path: the groups these replaced (their suffix K/V)
 
@@ -189,71 +189,88 @@ def _capped(s, softcap):
 
 
 def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups):
-    """Each row's private keys and values from `start` on: K (B, Hkv, L, D) and V (B, Hkv, L,
-    Dv) fp32, L = suffix_blocks pages, kept across steps: rebuilt when the rows or that width
-    change (`_rebuild_suffix`), and otherwise only this step's token, just stored in the paged
-    cache, is copied in: O(B) per step, not O(B * L). Columns past a row's query are stale or
-    zero: the caller masks them."""
+    """Each row's private keys and values from `start` on: K (B, Hkv, L, D) and V (B, Hkv, L, Dv)
+    fp32, L = suffix_blocks pages: views of buffers kept across steps and group rebuilds
+    (`_suffix_buffers`), into which only this step's token, just stored in the paged cache, is
+    copied: O(B) per step, not O(B * L). Columns past a row's query are stale or zero: the caller
+    masks them."""
     page, layer = k_cache.shape[1], k_cache.data_ptr()
-    cached = groups.suffix_kv.get(layer)
-    if cached is not None and cached[0] == groups.suffix_blocks:
-        _, k, v = cached
-    else:
-        k, v = _rebuild_suffix(k_cache, v_cache, block_tables, start, groups, layer)
-        kept = sum(x[1].nbytes + x[2].nbytes for key, x in groups.suffix_kv.items() if key != layer)
-        groups.suffix_kv.pop(layer, None)
-        if kept + k.nbytes + v.nbytes <= SUFFIX_CACHE_BYTES:  # else: gathered afresh every step
-            groups.suffix_kv[layer] = (groups.suffix_blocks, k, v)
+    B, L = start.shape[0], groups.suffix_blocks * page
+    k, v = _suffix_buffers(k_cache, v_cache, block_tables, start, groups, layer)
+    k, v = k[:B, :, :L], v[:B, :, :L]
     pos = lens - 1
     slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
     k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
-    rows, col = torch.arange(len(pos), device=pos.device), pos - start
+    rows, col = torch.arange(B, device=pos.device), pos - start
     k[rows, :, col] = k_new
     v[rows, :, col] = v_new
     return k, v
 
 
-def _rebuild_suffix(k_cache, v_cache, block_tables, start, groups: CascadeGroups, layer):
-    """The suffix K/V at the current width. A row that held the same sequence from the same start
-    in the buffer this one replaces (the layer's narrower one, or the previous groups') is copied
-    from it: every position before the current one was in it. The other rows are gathered from
-    the paged cache. Zero-filled, so columns no row has reached hold no stale non-finite values."""
+def _suffix_buffers(k_cache, v_cache, block_tables, start, groups: CascadeGroups, layer):
+    """This layer's (R, Hkv, W, D | Dv) buffers of the rows' private K/V, R >= rows, W >= the
+    suffix width, with room to grow (+50% when outgrown), so neither a row's new block nor a
+    finished sequence re-lays out every row. A rebuild of the groups (rows came or went) takes
+    the previous groups' buffers over in place: a row that holds the same sequence from the same
+    start stays or moves (compaction moves the last rows into the holes), every position before
+    the current one already in it; the other rows are gathered from the paged cache. Buffers over
+    the SUFFIX_CACHE_BYTES budget are not kept: every row is gathered afresh each step then."""
     B, page, W = start.shape[0], k_cache.shape[1], block_tables.shape[1]
     n_blocks, dev = groups.suffix_blocks, start.device
-    k = torch.zeros(B, k_cache.shape[2], n_blocks * page, k_cache.shape[3], device=dev)
-    if _latent(k_cache, v_cache):  # MLA: V is a view of K's first columns here too
-        v = k[..., :v_cache.shape[-1]]
+    buf, moves = groups.suffix_kv.get(layer), []
+    if buf is None:
+        buf, moves = _take_over(groups, layer)
+        fresh = set(range(B)) - {r for _, r in moves}
     else:
-        v = torch.zeros(B, v_cache.shape[2], n_blocks * page, v_cache.shape[3], device=dev)
-    src, dst, old = _carried(groups, layer)
-    if src:
-        n = min(v.shape[2], old[1].shape[2])
-        s, d = torch.tensor(src, device=dev), torch.tensor(dst, device=dev)
-        k[d, :, :n], v[d, :, :n] = old[0][s, :, :n], old[1][s, :, :n]
-    fresh = sorted(set(range(B)) - set(dst))
+        fresh = set()
+    if buf is None or buf[0].shape[0] < B or buf[0].shape[2] < n_blocks * page:
+        buf = _grow(buf, B, n_blocks * page, k_cache, v_cache)
+    k, v = buf
+    moved = [(a, b) for a, b in moves if a != b]
+    if moved:  # the right-hand side is gathered first: chains of moves are safe
+        s, d = (torch.tensor(x, device=dev) for x in zip(*moved))
+        k[d] = k[s]
+        if not _latent(k, v):
+            v[d] = v[s]
     if fresh:
-        f = torch.tensor(fresh, device=dev)
+        f = torch.tensor(sorted(fresh), device=dev)
         idx = start[f, None] // page + torch.arange(n_blocks, device=dev)  # (F, n_blocks) logical blocks
-        blocks = block_tables[f].gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # past W: masked
+        blocks = block_tables[f].gather(1, idx.clamp(max=W - 1)).long().clamp_(0, k_cache.shape[0] - 1)  # >= W: masked
         kf, vf = _gather_kv(k_cache, v_cache, blocks)  # (F, n_blocks, page, Hkv, D | Dv)
-        k[f], v[f] = kf.flatten(1, 2).transpose(1, 2), vf.flatten(1, 2).transpose(1, 2)
+        k[f, :, :n_blocks * page] = kf.flatten(1, 2).transpose(1, 2)
+        v[f, :, :n_blocks * page] = vf.flatten(1, 2).transpose(1, 2)
+    kept = sum(x[0].nbytes + (0 if _latent(*x) else x[1].nbytes) for key, x in groups.suffix_kv.items() if key != layer)
+    if kept + k.nbytes + (0 if _latent(k, v) else v.nbytes) <= SUFFIX_CACHE_BYTES:
+        groups.suffix_kv[layer] = (k, v)
     return k, v
 
 
-def _carried(groups: CascadeGroups, layer) -> tuple[list, list, tuple | None]:
-    """(rows of the old buffer, rows of the new one, (old K, old V)) for the rows that can be
-    copied: all of them when only the width grew; when the groups were rebuilt, the rows whose
-    sequence (row_ids) and start are unchanged. The previous groups' buffer is released."""
-    if layer in groups.suffix_kv:
-        _, k, v = groups.suffix_kv[layer]
-        return list(range(k.shape[0])), list(range(k.shape[0])), (k, v)
+def _take_over(groups: CascadeGroups, layer):
+    """The previous groups' buffers of this layer (released from them) and the (old row, new row)
+    pairs holding the same sequence from the same start; (None, []) when there are none."""
     prev = groups.previous
     if prev is None or layer not in prev.suffix_kv or groups.row_ids is None or prev.row_ids is None:
-        return [], [], None
-    _, k, v = prev.suffix_kv.pop(layer)
-    where = {key: r for r, key in enumerate(zip(prev.row_ids, prev.start_blocks))}
-    pairs = [(where[key], r) for r, key in enumerate(zip(groups.row_ids, groups.start_blocks)) if key in where]
-    return [a for a, _ in pairs], [b for _, b in pairs], (k, v)
+        return None, []
+    buf = prev.suffix_kv.pop(layer)
+    where = {key: r for r, key in enumerate(zip(prev.row_ids, prev.start_blocks)) if key[0] is not None}
+    return buf, [(where[key], r) for r, key in enumerate(zip(groups.row_ids, groups.start_blocks)) if key in where]
+
+
+def _grow(buf, rows: int, width: int, k_cache, v_cache):
+    """Zeroed buffers (so columns no row has reached hold no non-finite values) with room for
+    `rows` x `width` tokens, each dimension +50% when outgrown, the old content copied in."""
+    R0, W0 = (0, 0) if buf is None else (buf[0].shape[0], buf[0].shape[2])
+    R = R0 if rows <= R0 else max(rows, R0 * 3 // 2)
+    W = W0 if width <= W0 else max(width, W0 * 3 // 2)
+    k = torch.zeros(R, k_cache.shape[2], W, k_cache.shape[3], device=k_cache.device)
+    latent = _latent(k_cache, v_cache)
+    v = k[..., :v_cache.shape[-1]] if latent else torch.zeros(R, v_cache.shape[2], W, v_cache.shape[3],
+                                                                device=k_cache.device)
+    if buf is not None:
+        k[:R0, :, :W0] = buf[0]
+        if not latent:
+            v[:R0, :, :W0] = buf[1]
+    return k, v
 
 
 def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window):

@@ -68,12 +68,17 @@ def test_cascade_unequal_prefixes_and_split_groups(window):
 @pytest.mark.parametrize("softcap,window,budget", [(None, None, None), (5.0, 7, None), (None, None, 0)])
 def test_cascade_over_decode_steps_keeps_equal(softcap, window, budget, monkeypatch):
     """The engine keeps one CascadeGroups while its rows stand: the torch path gathers each
-    row's suffix once, then appends one token per step, and re-lays it out when the suffix needs
-    another block or the rows change (copying the rows that stay). Step by step, across block
-    boundaries and a rebuild, it equals paged attention; with no memory budget for the kept
-    copies (budget 0) it gathers every step and still does."""
+    row's suffix once, then appends one token per step into buffers with room to grow (+50%: a
+    new block rarely re-lays them out), and when the rows change the new groups take the buffers
+    over, moving the rows that stay. Step by step, across block boundaries and a rebuild, it
+    equals paged attention; with no memory budget for the kept copies (budget 0) it gathers
+    every step and still does."""
     if budget is not None:
         monkeypatch.setattr(cascade, "SUFFIX_CACHE_BYTES", budget)
+    grows, gathers = [], []
+    grow, gather = cascade._grow, cascade._gather_kv
+    monkeypatch.setattr(cascade, "_grow", lambda *a: grows.append(a[2]) or grow(*a))
+    monkeypatch.setattr(cascade, "_gather_kv", lambda k, v, b: gathers.append(tuple(b.shape)) or gather(k, v, b))
     page, Hkv, G, D = 4, 2, 2, 8
     rng = torch.Generator().manual_seed(0)
     shared = {0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2], 3: [3, 4], 4: [3, 4], 5: []}  # two groups, one lone row
@@ -112,6 +117,13 @@ def test_cascade_over_decode_steps_keeps_equal(softcap, window, budget, monkeypa
         if step == 7:
             assert not old.suffix_kv  # its buffer was taken over, not gathered again
     assert len(groups.suffix_kv) == (1 if budget is None else 0)  # one layer's suffix, kept across the steps
+    if budget is None:
+        assert grows == [4, 8, 12, 16]  # re-laid out only when the width outgrows the room (+50%: 12 -> 18)
+        # per step: the suffix's fresh rows (rows, blocks), the new token's slots (rows,), the prefixes once per
+        # groups. All 6 rows at the start; at the rebuild (step 7) only rows 3 and 5, whose start moved (3 is
+        # alone now, 5 has a full block of its own): rows 2 and 0 keep theirs, moved to rows 0 and 1
+        assert gathers[:3] == [(6, 1), (6,), (2, 3)] and gathers[9:12] == [(2, 3), (4,), (3, 3)]
+        assert all(len(b) == 1 for b in gathers[3:9] + gathers[12:])  # otherwise only the new token
 
 
 def test_groups_never_share_the_block_a_query_sits_in():
