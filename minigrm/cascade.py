@@ -217,13 +217,14 @@ def _suffix_buffers(k_cache, v_cache, block_tables, start, groups: CascadeGroups
     the SUFFIX_CACHE_BYTES budget are not kept: every row is gathered afresh each step then."""
     B, page, W = start.shape[0], k_cache.shape[1], block_tables.shape[1]
     n_blocks, dev = groups.suffix_blocks, start.device
-    buf, moves = groups.suffix_kv.get(layer), []
+    fits = lambda b: b[0].shape[0] >= B and b[0].shape[2] >= n_blocks * page  # noqa: E731
+    buf, moves, fresh = groups.suffix_kv.get(layer), [], set()
+    if buf is not None and fits(buf):  # the step's common case: kept, room left
+        return buf
     if buf is None:
         buf, moves = _take_over(groups, layer)
         fresh = set(range(B)) - {r for _, r in moves}
-    else:
-        fresh = set()
-    if buf is None or buf[0].shape[0] < B or buf[0].shape[2] < n_blocks * page:
+    if buf is None or not fits(buf):
         buf = _grow(buf, B, n_blocks * page, k_cache, v_cache)
     k, v = buf
     moved = [(a, b) for a, b in moves if a != b]
