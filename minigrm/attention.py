@@ -84,7 +84,7 @@ class DecodeAttention:
         store_kv(k[0], v[0], kc, vc, self.slot_mapping, self.all_valid)
         if self.groups is not None:
             out = cascade_decode_attention(q, kc, vc, self.tables, self.lens, self.groups,
-                                           module.scale, module.softcap, module.window)
+                                           module.scale, module.softcap, module.window, fresh=(k[0], v[0]))
         else:
             out = paged_decode_attention(q, kc, vc, self.tables, self.lens, module.scale, module.softcap, module.window)
         return out[None]

@@ -42,6 +42,7 @@ class CascadeGroups:
     start_blocks: list[int] | None = None  # host: start // block_size per row
     suffix_blocks: int = 0  # host: max blocks of any row's suffix (the runner updates it as rows grow)
     unequal_prefixes: bool = True  # host: the groups' prefixes differ in length (the torch path masks the padding)
+    in_order: bool = False  # host: rows.view(-1) is 0, 1, .., B - 1 (every row in a group, in order, no padding)
     prefix_kv: dict = field(default_factory=dict)  # torch path: each layer's gathered prefix K/V, kept
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
     suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (K, V) buffers of the rows'
@@ -123,7 +124,8 @@ def build_groups(block_tables, lens, block_size, min_blocks, device, max_rows=No
     suffix = max(-(-n // block_size) - s for n, s in zip(lens, start_blocks))
     return CascadeGroups(rows_t, t(blocks).view(len(groups), nb), t([n * block_size for _, n in groups]), t(start),
                          members, rows_t.view(-1)[members].long(), start_blocks, suffix,
-                         unequal_prefixes=len({n for _, n in groups}) > 1)
+                         unequal_prefixes=len({n for _, n in groups}) > 1,
+                         in_order=sum(rows, []) == list(range(len(lens))))
 
 
 def _gather(cache, blocks):
@@ -188,19 +190,23 @@ def _capped(s, softcap):
     return s if softcap is None else softcap * torch.tanh(s / softcap)
 
 
-def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups):
+def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups, fresh=None):
     """Each row's private keys and values from `start` on: K (B, Hkv, L, D) and V (B, Hkv, L, Dv)
     fp32, L = suffix_blocks pages: views of buffers kept across steps and group rebuilds
     (`_suffix_buffers`), into which only this step's token, just stored in the paged cache, is
-    copied: O(B) per step, not O(B * L). Columns past a row's query are stale or zero: the caller
-    masks them."""
+    copied: O(B) per step, not O(B * L). `fresh`: that token's (K, V) rows (B, Hkv, D | Dv) as the
+    step computed them (the decoder's backend passes them: no read back from the cache); None: read
+    back. Columns past a row's query are stale or zero: the caller masks them."""
     page, layer = k_cache.shape[1], k_cache.data_ptr()
     B, L = start.shape[0], groups.suffix_blocks * page
     k, v = _suffix_buffers(k_cache, v_cache, block_tables, start, groups, layer)
     k, v = k[:B, :, :L], v[:B, :, :L]
     pos = lens - 1
-    slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
-    k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
+    if fresh is None:
+        slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
+        k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
+    else:  # rounded to the cache's dtype as stored: the same values the cache holds
+        k_new, v_new = (x.to(k_cache.dtype).float() for x in fresh)
     rows, col = torch.arange(B, device=pos.device), pos - start
     k[rows, :, col] = k_new
     v[rows, :, col] = v_new
@@ -274,10 +280,10 @@ def _grow(buf, rows: int, width: int, k_cache, v_cache):
     return k, v
 
 
-def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window):
+def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window, fresh=None):
     """Each row against its own keys from `start` on (`_suffix_kv`). q (B, Hkv, G, D) fp32,
     pre-scaled. -> (out (B, Hkv, G, Dv) fp32, lse (B, Hkv, G))."""
-    k, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups)  # (B, Hkv, L, D | Dv)
+    k, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups, fresh)  # (B, Hkv, L, D | Dv)
     col = torch.arange(v.shape[2], device=q.device)  # (L,) position - start
     last = (lens - 1 - start)[:, None]  # (B, 1) the query's column
     valid = col <= last  # (B, L)
@@ -319,6 +325,8 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     o, lse = _attention(qs, k, v, None if valid is None else _bias(valid), softcap, fused)
     o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
+    if groups.in_order:  # the stacked rows are the batch's rows: nothing to scatter
+        return o, lse
     out = q.new_zeros(B, Hkv, G, Dv).index_copy_(0, groups.member_rows, o.index_select(0, groups.members))
     out_lse = q.new_full((B, Hkv, G), NEG_INF).index_copy_(0, groups.member_rows, lse.index_select(0, groups.members))
     return out, out_lse
@@ -332,16 +340,18 @@ def merge(o1, lse1, o2, lse2):
 
 
 def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
-                                 scale, softcap=None, window=None):
+                                 scale, softcap=None, window=None, fresh=None):
     """q (B, H, D); block_tables (B, max_blocks); context_lens (B,); groups.suffix_blocks >=
     every row's blocks past its start. -> (B, H, Dv), equal to paged decode attention. Torch,
     no loop over groups. MLA: k_cache the latent rows (one KV head of R + Dr), v_cache their
-    first R columns (a view), q the absorbed queries: latent attention with shared prefixes."""
+    first R columns (a view), q the absorbed queries: latent attention with shared prefixes.
+    `fresh` (optional): the (K, V) rows (B, Hkv, D | Dv) of each row's last position, just stored."""
     B, H, D = q.shape
     Hkv = k_cache.shape[2]
     qg = (q.float() * scale).view(B, Hkv, H // Hkv, D)  # scores come out scaled
     lens = context_lens.long()
-    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups, softcap, window)
+    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups, softcap, window,
+                         fresh)
     if groups.rows.shape[0] == 0:  # no shared prefix (dense groups): the suffix holds every key
         return o_s.reshape(B, H, v_cache.shape[-1]).to(q.dtype)
     o_p, lse_p = _prefixes(qg, k_cache, v_cache, groups, lens - 1, softcap, window)
@@ -349,11 +359,12 @@ def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens
 
 
 def cascade_decode_attention(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
-                             scale, softcap=None, window=None):
-    """Shared-prefix decode attention: Triton kernels on CUDA, the torch path otherwise."""
+                             scale, softcap=None, window=None, fresh=None):
+    """Shared-prefix decode attention: Triton kernels on CUDA, the torch path otherwise (which
+    takes the step's own K/V rows as `fresh`, when given, instead of reading them back)."""
     if use_triton(q):
         from .kernels.cascade_attention import cascade_decode_attention_triton
         return cascade_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, groups,
                                                scale, softcap, window)
     return cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups,
-                                        scale, softcap, window)
+                                        scale, softcap, window, fresh)

@@ -20,6 +20,7 @@ Row layout (R = max_rows, W = max blocks per sequence):
     tables (R, W) int32   lens (R,) int32: tokens incl. the one fed next (its position + 1)
     tokens (R,) int64     seeds, steps (R,) int64   temperature, top_p (R,) fp32   top_k (R,) int32
 """
+import numpy as np
 import torch
 
 
@@ -38,6 +39,7 @@ class DecodeState:
         self.width = 1  # max blocks any live row uses (torch paths crop the table to it)
         self.grown: list[int] = []  # rows that got a block at the last flush
         self.dirty = True  # rows changed since the cascade groups were built
+        self._kinds: dict = {}  # (first row, end, vocab) -> the rows' sampling kinds, while rows stand
 
     @property
     def num_rows(self) -> int:
@@ -47,10 +49,26 @@ class DecodeState:
         t = torch.tensor(data, dtype=dtype, pin_memory=self.device.type == "cuda")
         return t.to(self.device, non_blocking=True)
 
+    def sampling_kinds(self, rows: slice, vocab: int) -> tuple[bool, bool, bool] | None:
+        """(every row greedy, some row greedy, some row truncates by top-k / top-p) of `rows`, from
+        the sequences' parameters (kernels.sampler.sampling_kinds without reading the device);
+        None when a row holds no sequence (a CUDA-graph bucket's padding, a hole)."""
+        key = (rows.start, rows.stop, vocab)
+        if key not in self._kinds:
+            seqs = self.seqs[rows]
+            if len(seqs) != rows.stop - rows.start or None in seqs:
+                return None
+            ps = [s.params for s in seqs]  # compared as the fp32 rows hold them (1e-50 is 0 there)
+            greedy = [np.float32(p.temperature) <= 0 for p in ps]
+            truncated = any(0 < p.top_k < vocab or np.float32(p.top_p) < 1 for p in ps)
+            self._kinds[key] = (all(greedy), any(greedy), truncated)
+        return self._kinds[key]
+
     def remove(self, seq) -> None:
         """Free seq's row (finished or preempted)."""
         if seq.row < 0:
             return
+        self._kinds.clear()
         self.seqs[seq.row] = None
         self.holes.append(seq.row)
         del self.synced[seq]
@@ -97,6 +115,7 @@ class DecodeState:
                 self.seqs[h].row = h
         del self.seqs[n:]
         self.holes.clear()
+        self._kinds.clear()
         self.width = max((len(s.block_table) for s in self.seqs), default=1)
 
     def add(self, seqs: list) -> None:
@@ -116,6 +135,7 @@ class DecodeState:
         self.lens[rows], self.seeds[rows], self.steps[rows] = ints[:, 0].to(torch.int32), ints[:, 1], ints[:, 2]
         self.top_k[rows] = ints[:, 3].to(torch.int32)
         self.temperature[rows], self.top_p[rows] = floats[:, 0], floats[:, 1]
+        self._kinds.clear()
         for i, s in enumerate(seqs):
             s.row = first + i
             self.seqs.append(s)

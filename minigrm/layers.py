@@ -28,8 +28,7 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         if use_triton(x) and not torch.is_grad_enabled():  # inference on GPU: one fused kernel
             return rms_norm_triton(x.reshape(-1, x.shape[-1]), self.weight, self.eps, self.offset)[0].view_as(x)
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x * rsqrt(mean(x^2) + eps), bit for bit, one call
         if self.offset:  # Gemma scales in fp32, then casts
             return (h * (self.offset + self.weight.float())).type_as(x)
         return self.weight * h.type_as(x)  # Llama casts, then scales in the weight's dtype
@@ -110,6 +109,13 @@ def rotate_half(x):
 def apply_rope(x, cos, sin):
     """x (B, T, H, D); cos/sin (B, T, D) or (T, D)."""
     return x * cos.unsqueeze(-2) + rotate_half(x) * sin.unsqueeze(-2)
+
+
+def apply_rope_qk(q, k, cos, sin):
+    """apply_rope to q (B, T, H, D) and k (B, T, Hkv, D) as one tensor: one op chain for both
+    (the torch decode step is bound by op count), the same values."""
+    qk = apply_rope(torch.cat((q, k), dim=2), cos, sin)
+    return qk.split((q.shape[2], k.shape[2]), dim=2)
 
 
 def causal_attention(q, k, v, scale: float, softcap: float | None = None, window: int | None = None):

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .config import SLIDING, ModelConfig
 from .fused import fused_linear
-from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rope, causal_attention
+from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rope_qk, causal_attention
 from .mla import MLAttention
 from .moe import MoE
 
@@ -56,7 +56,7 @@ class Attention(nn.Module):
         if attn is not None and attn.fused_rope:  # the engine on GPU: one kernel for q and k
             q, k = attn.rope(q, k)
         else:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope_qk(q, k, cos, sin)
         if attn is None:
             y = causal_attention(q, k, v, self.scale, self.softcap, self.window)
         else:

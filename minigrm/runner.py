@@ -149,7 +149,7 @@ class ModelRunner:
     def _sample(self, logits, rows: slice):
         st = self.state
         return sample(logits, st.temperature[rows], st.top_k[rows], st.top_p[rows], st.seeds[rows], st.steps[rows],
-                      softcap=self.softcap)
+                      softcap=self.softcap, kinds=st.sampling_kinds(rows, logits.shape[-1]))
 
     def _prefill(self, prefill, done, first_row: int):
         """The prefill pass: every scheduled chunk packed; samples the prompts in `done`

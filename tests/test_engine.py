@@ -189,6 +189,28 @@ def test_decode_state_equals_a_rebuild_from_the_sequences(tiny2):
     assert checked > 50 and e.scheduler.num_preemptions > 0 and st.num_rows == 0
 
 
+def test_sampling_kinds_of_rows_read_as_the_rows_hold_them():
+    """DecodeState.sampling_kinds (host, from the parameters) equals the sampler's reading of the
+    fp32 / int32 rows, also where fp32 rounds: temperature 1e-50 is 0 there (greedy), top_p
+    1 - 1e-12 is 1 (off); a top_k of V or more is off. Cached while rows stand, renewed when they change."""
+    from minigrm.decode_state import DecodeState
+    from minigrm.kernels.sampler import sampling_kinds
+    from minigrm.scheduler import Sequence
+    st, V = DecodeState(8, 4, "cpu"), 1000
+    rows = [(1e-50, 0, 1.0), (0.7, 0, 1.0 - 1e-12), (0.7, V, 1.0), (0.0, 0, 0.9), (0.5, 3, 1.0)]
+    seqs = [Sequence(i, [1, 2], SamplingParams(temperature=T, top_k=k, top_p=p), seed=i, block_table=[i])
+            for i, (T, k, p) in enumerate(rows)]
+    for n in range(1, len(seqs) + 1):
+        st.add([seqs[n - 1]])
+        got = st.sampling_kinds(slice(0, n), V)
+        assert got == sampling_kinds(st.temperature[:n], st.top_k[:n], st.top_p[:n], V), n
+    assert [st.sampling_kinds(slice(0, n), V) for n in (1, 3)] == [(True, True, False), (False, True, False)]
+    st.remove(seqs[0])
+    assert st.sampling_kinds(slice(0, 2), V) is None and st.sampling_kinds(slice(0, 6), V) is None  # a hole, a pad
+    st.flush(seqs[1:])  # row 0 now holds the last sequence (top-k 3)
+    assert st.sampling_kinds(slice(0, 1), V) == (False, False, True)
+
+
 def test_kv_cache_bytes_is_honoured_on_cpu(tiny2):
     _, ours = tiny2
     c = ours.config

@@ -160,6 +160,26 @@ def test_torch_path_in_row_chunks_equals_one_call(monkeypatch):
     assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
 
 
+def test_known_kinds_equal_kinds_read_back():
+    """The engine passes the rows' kinds (all greedy / some greedy / some truncating) from the
+    sequences' parameters instead of reading them from the device: the same tokens and logprobs
+    for every mix, whole and in chunks; and they matter (a wrong 'no row greedy' draws where a
+    greedy row must not)."""
+    from minigrm.kernels.sampler import sampling_kinds
+    logits = logits_like(6, 300, torch.float32, seed=5)
+    mixes = [[(0.0, 0, 1.0)] * 6, [(0.8, 0, 1.0)] * 6, [(0.0, 0, 1.0), (0.8, 0, 1.0)] * 3,
+             [(0.8, 7, 1.0), (0.9, 0, 1.0)] * 3, [(0.0, 0, 1.0), (0.7, 0, 0.8), (1.1, 300, 1.0)] * 2]
+    for rows in mixes:
+        args = params(rows)
+        kinds = sampling_kinds(*args[:3], 300)
+        ref = sample_ref(logits, *args)
+        for got in (sample_ref(logits, *args, kinds=kinds), sample(logits, *args, kinds=kinds)):
+            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    assert sampling_kinds(*params(mixes[4])[:3], 300) == (False, True, True)
+    args = params(mixes[2])
+    assert not torch.equal(sample_ref(logits, *args, kinds=(False, False, False))[0], sample_ref(logits, *args)[0])
+
+
 def _fmix32(x):
     x ^= x >> 16
     x = (x * 0x7FEB352D) & 0xFFFFFFFF

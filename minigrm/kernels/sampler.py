@@ -251,9 +251,10 @@ def _fmix32_np(x):  # x: np.uint32 array, updated in place and returned
 
 
 def _words(t):
-    """int64 tensor -> (low, high) 32-bit halves of its two's-complement bits, np.uint32 each."""
-    a = t.detach().cpu().numpy().astype(np.int64)
-    return (a & 0xFFFFFFFF).astype(np.uint32), ((a >> 32) & 0xFFFFFFFF).astype(np.uint32)
+    """int64 tensor -> (low, high) 32-bit halves of its two's-complement bits, np.uint32 each
+    (views of the little-endian int64s: low word first)."""
+    a = np.ascontiguousarray((t if t.device.type == "cpu" else t.cpu()).numpy(), dtype=np.int64).view(np.uint32)
+    return a[0::2], a[1::2]
 
 
 _vocab_hash: dict = {}  # V -> fmix32(v) for v < V: the per-token half of the hash
@@ -316,20 +317,30 @@ def _gumbel_argmax(z, T, tau, seeds, steps):
     return _argmax(score.sub_(uniform(seeds, steps, V).log_().neg_().log_()))  # every token: in place
 
 
-def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
+def sampling_kinds(temperature, top_k, top_p, V: int) -> tuple[bool, bool, bool]:
+    """(every row greedy, some row greedy, some row truncates by top-k or top-p): what the torch
+    path branches on. Read from the tensors here (three host syncs); the engine knows them from
+    the sequences' parameters and passes them as `kinds`."""
+    greedy = temperature <= 0
+    truncated = ((top_k > 0) & (top_k < V)).any() | (top_p < 1).any()
+    return bool(greedy.all()), bool(greedy.any()), bool(truncated)
+
+
+def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None, kinds=None):
     """The readable slow twin of the kernel (same contract, sorts the vocabulary)."""
     z = logits.float()
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
     B, V = z.shape
-    greedy = temperature <= 0
+    all_greedy, any_greedy, truncated = kinds or sampling_kinds(temperature, top_k, top_p, V)
     logp = torch.log_softmax(z, dim=-1)  # (B, V): one fused pass (half the cost of z - logsumexp on CPU)
-    if bool(greedy.all()):  # nothing to draw
+    if all_greedy:  # nothing to draw
         tokens = _argmax(z)
         return tokens, logp.gather(1, tokens[:, None])[:, 0]
-    T = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]  # (B, 1)
+    greedy = temperature <= 0 if any_greedy else None
+    T = (torch.where(greedy, 1.0, temperature) if any_greedy else temperature)[:, None]  # (B, 1)
     tau = None  # keep every token ...
-    if bool(((top_k > 0) & (top_k < V)).any() or (top_p < 1).any()):  # ... unless truncating
+    if truncated:  # ... unless truncating
         zs, _ = z.sort(dim=-1, descending=True)  # (B, V)
         k = torch.where((top_k <= 0) | (top_k >= V), V, top_k).long()
         tau = zs.gather(1, k[:, None] - 1)  # (B, 1) k-th largest z
@@ -339,7 +350,7 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
         first = (cum < target).sum(-1, keepdim=True).clamp(max=V - 1)  # first index with cum >= target
         tau = torch.where(top_p[:, None] < 1, torch.maximum(tau, zs.gather(1, first)), tau)
     drawn = _gumbel_argmax(z, T, tau, seeds, steps)
-    tokens = torch.where(greedy, _argmax(z), drawn) if bool(greedy.any()) else drawn
+    tokens = torch.where(greedy, _argmax(z), drawn) if any_greedy else drawn
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
@@ -350,16 +361,19 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None):
 TORCH_CHUNK = 2**18
 
 
-def sample(logits, temperature, top_k, top_p, seeds, steps, softcap=None, block_v=4096):
-    """Draw one token per row; returns (tokens (B,) int64, logprobs (B,) fp32). See the module doc."""
+def sample(logits, temperature, top_k, top_p, seeds, steps, softcap=None, block_v=4096, kinds=None):
+    """Draw one token per row; returns (tokens (B,) int64, logprobs (B,) fp32). See the module doc.
+    `kinds`: the rows' `sampling_kinds` when the caller knows them (the torch path skips its syncs)."""
     if use_triton(logits):
         return _sample_triton(logits, temperature, top_k, top_p, seeds, steps, softcap, block_v)
     B, V = logits.shape
     rows = max(1, TORCH_CHUNK // V)
     if B <= rows:
-        return sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap)
-    parts = [sample_ref(*(t[i:i + rows] for t in (logits, temperature, top_k, top_p, seeds, steps)), softcap)
-             for i in range(0, B, rows)]  # rows are independent: the same tokens and logprobs as one call
+        return sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap, kinds)
+    # rows are independent: the same tokens and logprobs as one call (the batch's kinds hold for each chunk:
+    # every row greedy -> every chunk's; no row greedy / truncating -> none of a chunk's)
+    parts = [sample_ref(*(t[i:i + rows] for t in (logits, temperature, top_k, top_p, seeds, steps)), softcap, kinds)
+             for i in range(0, B, rows)]
     return torch.cat([tok for tok, _ in parts]), torch.cat([lp for _, lp in parts])
 
 
