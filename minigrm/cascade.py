@@ -206,7 +206,7 @@ def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroup
         slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
         k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
     else:  # rounded to the cache's dtype as stored: the same values the cache holds
-        k_new, v_new = (x.to(k_cache.dtype).float() for x in fresh)
+        k_new, v_new = (x if x.dtype == k_cache.dtype == torch.float32 else x.to(k_cache.dtype).float() for x in fresh)
     rows, col = torch.arange(B, device=pos.device), pos - start
     k[rows, :, col] = k_new
     v[rows, :, col] = v_new
@@ -299,7 +299,6 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     outside groups."""
     B, Hkv, G, D = q.shape
     NG, MAXR = groups.rows.shape
-    rows = groups.rows.long().clamp_min(0)  # (NG, MAXR); padding reads row 0, dropped below
     key = k_cache.data_ptr()
     if key not in groups.prefix_kv:  # gathered once per layer while the groups stand
         k, v = _gather_kv(k_cache, v_cache, groups.prefix_blocks)  # (NG, NB, page, Hkv, D | Dv)
@@ -309,14 +308,16 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     k, v = groups.prefix_kv[key]  # (NG, Hkv, Lp, D), (NG, Hkv, Lp, Dv)
     Dv = v.shape[-1]
     Lp = k.shape[-2]
-    qs = q.index_select(0, rows.view(-1)).view(NG, MAXR, Hkv, G, D)
+    rows = None if groups.in_order else groups.rows.long().clamp_min(0)  # (NG, MAXR); padding reads row 0, dropped
+    qs = (q if rows is None else q.index_select(0, rows.view(-1))).view(NG, MAXR, Hkv, G, D)
     qs = qs.transpose(1, 2).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
     valid = None
-    j = torch.arange(Lp, device=q.device)
+    j = torch.arange(Lp, device=q.device) if groups.unequal_prefixes or window is not None else None
     if groups.unequal_prefixes:  # mask the padding
         valid = (j[None, :] < groups.prefix_len[:, None])[:, None, None, :]  # (NG, 1, 1, Lp)
     if window is not None:
-        w = (j[None, None, :] > query_pos[rows][:, :, None] - window)  # (NG, MAXR, Lp)
+        qpos = query_pos.view(NG, MAXR) if rows is None else query_pos[rows]
+        w = (j[None, None, :] > qpos[:, :, None] - window)  # (NG, MAXR, Lp)
         w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
         valid = w if valid is None else valid & w
     # fused only without a window (which can leave a query no prefix key) and not for MLA, whose

@@ -168,17 +168,22 @@ class Engine:
         st["cached_tokens"] = self.scheduler.num_cached_tokens
         seqs, tokens, logprobs = self.runner.step(prefill, decode)
         finished = []
-        after_step, eos, max_len = self.scheduler.after_step, self.eos_ids, self.max_model_len
-        for seq, token, logprob in zip(seqs, tokens, logprobs):
-            seq.output_ids.append(token)
+        sch, eos, max_len = self.scheduler, self.eos_ids, self.max_model_len
+        bs = sch.blocks.block_size
+        for seq, token, logprob in zip(seqs, tokens, logprobs):  # host work per sequence per step: kept lean
+            out = seq.output_ids
+            out.append(token)
             seq.logprobs.append(logprob)
-            after_step(seq)
+            n = len(seq)
+            seq.num_computed = n - 1  # scheduler.after_step, inlined: all but the sampled token are cached
+            if (n - 1) // bs > seq.num_registered:
+                sch.register_full_blocks(seq)
             p = seq.params
             if token in eos and not p.ignore_eos:
                 reason = "stop"
             elif p.stop and self._stopped(seq):
                 reason = "stop"
-            elif len(seq.output_ids) >= p.max_tokens or len(seq) >= max_len:
+            elif len(out) >= p.max_tokens or n >= max_len:
                 reason = "length"
             else:
                 continue
@@ -186,7 +191,7 @@ class Engine:
             finished.append(seq)
         for seq in prefill:
             if not seq.decoding:  # a prompt chunk that is not the last: nothing sampled
-                after_step(seq)
+                sch.after_step(seq)
         return finished
 
     def _stopped(self, seq: Sequence) -> bool:

@@ -171,13 +171,18 @@ class Scheduler:
     def after_step(self, seq: Sequence) -> None:
         """A step stored the K/V of every token of `seq` but the one it just sampled (or, for
         a prompt chunk, of the chunk): register the blocks that became full, so a
-        recomputation or another sequence can share them."""
-        bs = self.blocks.block_size
+        recomputation or another sequence can share them. (The engine's per-token loop inlines
+        the first two lines for sampled sequences: a call per sequence per step is host time.)"""
         seq.num_computed = n = len(seq) - 1 if seq.decoding else seq.chunk_end
-        if n // bs > seq.num_registered:  # a block filled up (once per block_size tokens)
-            for i in range(seq.num_registered, n // bs):
-                seq.prefix_key = self.blocks.register(seq.block_table[i], seq.prefix_key, seq.tokens(i * bs, (i + 1) * bs))
-            seq.num_registered = n // bs
+        if n // self.blocks.block_size > seq.num_registered:  # a block filled up (once per block_size tokens)
+            self.register_full_blocks(seq)
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Put seq's blocks that filled up since the last call (all num_computed tokens) in the prefix cache."""
+        bs = self.blocks.block_size
+        for i in range(seq.num_registered, seq.num_computed // bs):
+            seq.prefix_key = self.blocks.register(seq.block_table[i], seq.prefix_key, seq.tokens(i * bs, (i + 1) * bs))
+        seq.num_registered = max(seq.num_registered, seq.num_computed // bs)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = FINISHED, reason

@@ -126,14 +126,15 @@ def test_cascade_over_decode_steps_keeps_equal(softcap, window, budget, monkeypa
         assert all(len(b) == 1 for b in gathers[3:9] + gathers[12:])  # otherwise only the new token
 
 
-def test_cascade_takes_the_steps_own_kv_and_in_order_rows(monkeypatch):
+@pytest.mark.parametrize("window", [None, 6])
+def test_cascade_takes_the_steps_own_kv_and_in_order_rows(window, monkeypatch):
     """The decoder's backend hands the torch path each row's K/V of this step (`fresh`, as it
     just stored them): the same output, bit for bit, as reading them back, without that per-step
     gather. Groups that hold every row in order (in_order) skip the scatter of the stacked rows
     and still equal paged attention; rows out of order are not taken as in order."""
     page, Hkv, G, D = 4, 2, 2, 8
     q, k_cache, v_cache, t, ln, tables, lens = cascade_case(Hkv, G, D, groups=(4, 4), prefix_blocks=3, seed=7)
-    ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, None, window)
     pos = ln.long() - 1
     slot = t.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page
     fresh = (k_cache.flatten(0, 1)[slot], v_cache.flatten(0, 1)[slot])  # (B, Hkv, D) each
@@ -146,13 +147,13 @@ def test_cascade_takes_the_steps_own_kv_and_in_order_rows(monkeypatch):
         assert groups.in_order
         for step in range(2):
             gathers.clear()
-            outs.append(cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, fresh=use))
+            outs.append(cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, None, window, fresh=use))
         assert ((8,) in gathers) == (use is None)  # the last step's reads: the new tokens' slots only without fresh
     assert all(torch.equal(o, outs[0]) for o in outs) and (outs[0] - ref).abs().max() < 1e-5
     perm = [0, 4, 1, 5, 2, 6, 3, 7]  # the same rows, the groups interleaved
     groups = build_groups([tables[r] for r in perm], [lens[r] for r in perm], page, 1, "cpu")
     assert not groups.in_order
-    out = cascade_decode_attention(q[perm], k_cache, v_cache, t[perm], ln[perm], groups, D**-0.5)
+    out = cascade_decode_attention(q[perm], k_cache, v_cache, t[perm], ln[perm], groups, D**-0.5, None, window)
     assert (out - ref[perm]).abs().max() < 1e-5
 
 

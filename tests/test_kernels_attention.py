@@ -15,7 +15,7 @@ from minigrm.kernels.paged_attention import (  # noqa: E402
     gather_kv, paged_decode_attention, paged_decode_attention_ref)
 from minigrm.kernels.rmsnorm import rms_norm, rms_norm_ref  # noqa: E402
 from minigrm.kernels.rope import apply_rope, apply_rope_ref  # noqa: E402
-from minigrm.layers import RMSNorm, RotaryEmbedding, apply_rope as model_apply_rope  # noqa: E402
+from minigrm.layers import RMSNorm, RotaryEmbedding, apply_rope_qk, apply_rope as model_apply_rope  # noqa: E402
 from minigrm.layers import causal_attention  # noqa: E402
 
 FP32 = dict(atol=1e-5, rtol=1e-5)
@@ -57,14 +57,17 @@ def test_rms_norm_kernel_matches_reference(triton_backend, with_residual, offset
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("offset", [0.0, 1.0])
-def test_rms_norm_reference_is_the_model_norm(offset, dtype):
-    g = gen(1)
-    x, r = torch.randn(5, 48, generator=g).to(dtype), torch.randn(5, 48, generator=g).to(dtype)
-    norm = RMSNorm(48, 1e-5, offset).to(dtype)
+@pytest.mark.parametrize("shape", [(5, 48), (3, 7, 576), (256, 32), (2, 1, 2304)])
+def test_rms_norm_reference_is_the_model_norm(offset, dtype, shape):
+    """Bit for bit, at widths with and without a vector tail (the model's fp32 norm is one
+    F.rms_norm call, the others F.rms_norm then HF's cast and scale)."""
+    g, C = gen(1), shape[-1]
+    x, r = torch.randn(*shape, generator=g).to(dtype), torch.randn(*shape, generator=g).to(dtype)
+    norm = RMSNorm(C, 1e-5, offset).to(dtype)
     with torch.no_grad():
-        norm.weight.copy_(torch.randn(48, generator=g))
-        y, h = rms_norm_ref(x, norm.weight, 1e-5, offset, r)
-        assert torch.equal(h, x + r) and torch.equal(y, norm(x + r))
+        norm.weight.copy_(torch.randn(C, generator=g))
+        y, h = rms_norm_ref(x.reshape(-1, C), norm.weight, 1e-5, offset, r.reshape(-1, C))
+        assert torch.equal(h, (x + r).reshape(-1, C)) and torch.equal(y, norm(x + r).reshape(-1, C))
 
 
 # ---------------------------------------------------------------- rope
@@ -99,6 +102,8 @@ def test_rope_reference_is_the_model_rope(dtype):
     q_ref, k_ref = apply_rope_ref(q, k, pos, rotary.inv_freq)
     assert torch.equal(q_ref, model_apply_rope(q[None], cos[None], sin[None])[0])
     assert torch.equal(k_ref, model_apply_rope(k[None], cos[None], sin[None])[0])
+    q2, k2 = apply_rope_qk(q[None], k[None], cos[None], sin[None])  # the model's one chain for both
+    assert torch.equal(q2[0], q_ref) and torch.equal(k2[0], k_ref)
 
 
 # ---------------------------------------------------------------- kv store
