@@ -167,6 +167,32 @@ def test_groups_never_share_the_block_a_query_sits_in():
     assert groups == [([0, 1], 1), ([2], 2)] and start == [4, 4, 8]
 
 
+def test_shuffled_prompts_group_by_their_longest_shared_prefix():
+    """The k shuffled GRM prompts of a query share the template and the query, and the samples
+    of one order share the whole prompt: rows split into the groups that read the fewest blocks
+    per step (here 20 instead of 30 as one group over the template), and the attention over
+    them equals paged attention. Where a split saves nothing (every row diverges alone right
+    after the shared part) the rows stay one group."""
+    template, qa, qb = [1, 2], [3, 4], [11, 12]
+    tables = [template + qa + [5, 6, 7], template + qa + [5, 6, 7], template + qa + [8, 9, 10],
+              template + qa + [8, 9, 10], template + qb + [13, 14], template + qb + [13, 14]]
+    lens = [len(t) * 4 + 1 for t in tables]  # each query sits in a block of its own
+    groups, start = decode_groups(tables, lens, 4)
+    assert sorted(groups) == [([0, 1], 7), ([2, 3], 7), ([4, 5], 6)] and start == [28, 28, 28, 28, 24, 24]
+    lone = [template + qa + [20 + r] for r in range(4)]  # diverge one block after the shared 4
+    assert decode_groups(lone, [len(t) * 4 + 1 for t in lone], 4)[0] == [([0, 1, 2, 3], 4)]
+    rng = torch.Generator().manual_seed(3)
+    width, n_blocks = max(map(len, tables)) + 1, 40
+    t = torch.tensor([r + [30 + i] + [0] * (width - len(r) - 1) for i, r in enumerate(tables)], dtype=torch.int32)
+    ln = torch.tensor(lens, dtype=torch.int32)
+    k_cache, v_cache = torch.randn(n_blocks, 4, 2, 8, generator=rng), torch.randn(n_blocks, 4, 2, 8, generator=rng)
+    q = torch.randn(6, 4, 8, generator=rng)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, 0.3)
+    g = build_groups(t.tolist(), lens, 4, 1, "cpu", singletons=True, dense=True)
+    assert sorted(g.prefix_len.tolist()) == [24, 28, 28]
+    assert (cascade_decode_attention(q, k_cache, v_cache, t, ln, g, 0.3) - ref).abs().max() < 1e-5
+
+
 def test_decode_groups_min_blocks():
     tables, lens = [[1, 2, 3, 9], [1, 2, 3, 10], [4, 5, 11]], [15, 15, 10]
     groups, start = decode_groups(tables, lens, block_size=4)
