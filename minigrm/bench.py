@@ -12,6 +12,11 @@ the script prints output tokens/s for both, their ratio and, on CUDA, the fracti
 memory-bandwidth roofline: per decode step the GPU must read the weights once and every
 sequence's KV once, so tokens/s <= batch * bandwidth / (W + sum_seq ctx * kv_bytes_per_token).
 
+`--grm` is the GRM scoring workload itself: P pair items, each judged k times with its responses
+shown in a shuffled order (paper §4), so the k prompts of a query differ after the template and
+the query (`grm_prompts`; the paper's template and the model's chat template, ~`--prompt-len`
+tokens); minigrm gets the P * k prompts, transformers the same prompts left-padded in one batch.
+
 `--overhead` times the engine itself: a 1-layer, hidden-32 model (compute negligible), P = 32
 prompts x k = 8 (batch 256), 512-token prompts, 64 new tokens; the median decode step is the
 engine's own work per step (bookkeeping, tensor building, op dispatch).
@@ -75,15 +80,46 @@ def roofline_tokens_per_s(config, n_params: int, dtype, batch: int, ctx: float, 
     return batch * bandwidth / step_bytes
 
 
-def make_engine(model, prompts, args) -> Engine:
+def make_engine(model, args) -> Engine:
     kv = None if args.kv_cache_gb is None else int(args.kv_cache_gb * 2**30)
-    return Engine(model, None, max_num_seqs=max(len(prompts) * args.k, 1), cuda_graphs=False if args.no_cuda_graphs else None,
+    return Engine(model, None, max_num_seqs=max(args.prompts * args.k, 1), cuda_graphs=False if args.no_cuda_graphs else None,
                   cascade=not args.no_cascade, progress=False, kv_cache_bytes=kv)
 
 
+def grm_prompts(folder: str, P: int, k: int, prompt_len: int) -> list[list[int]]:
+    """P pair items x k shuffled orders -> P * k GRM prompts (token ids), query by query. The texts
+    are minigrm's own module docstrings (plain English, always at hand): "What does the <a> module
+    of minigrm do?" with a's docstring and another module's as the responses, each cut to whole
+    words so the prompt is at most prompt_len tokens (the template itself is ~550)."""
+    import importlib
+
+    from .prompts import grm_messages
+    from .tokenizer import load_tokenizer
+    from .voting import permute, shuffled_order
+    tok = load_tokenizer(folder)
+    n_tokens = lambda q, rs: len(tok.encode(tok.apply_chat_template(grm_messages(q, rs))))  # noqa: E731
+    names = ["engine", "cascade", "scheduler", "runner", "grm", "voting", "kv_cache", "decode_state", "scoring",
+             "rft", "grpo", "meta_rm", "prompts", "parser", "memory", "serve"]
+    docs = [" ".join(importlib.import_module(f"minigrm.{n}").__doc__.split()) for n in names]
+    out = []
+    for i in range(P):
+        a, b = (2 * i) % len(names), (2 * i + 1) % len(names)
+        query = f"What does the {names[a]} module of minigrm do, and how?"
+        words = [docs[a].split(), docs[b].split()]
+        lo, hi = 1, max(map(len, words))  # words per response: the most that fit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if n_tokens(query, [" ".join(w[:mid]) for w in words]) <= prompt_len else (lo, mid - 1)
+        responses = [" ".join(w[:lo]) for w in words]
+        for j in range(k):
+            shown = permute(responses, shuffled_order(2, f"bench-{i}-{j}"))
+            out.append(tok.encode(tok.apply_chat_template(grm_messages(query, shown))))
+    return out
+
+
 def run_minigrm(model, prompts, args) -> float:
-    engine = make_engine(model, prompts, args)
-    params = SamplingParams(n=args.k, temperature=args.temperature, max_tokens=args.new_tokens,
+    engine = make_engine(model, args)
+    params = SamplingParams(n=1 if args.grm else args.k, temperature=args.temperature, max_tokens=args.new_tokens,
                             ignore_eos=True, seed=0)
     engine.generate([p[:8] for p in prompts[:1]], SamplingParams(n=2, max_tokens=4, ignore_eos=True))  # warm-up
     engine.reset_prefix_cache()  # cold prefix cache
@@ -96,9 +132,12 @@ def run_minigrm(model, prompts, args) -> float:
 
 
 def run_hf(hf, prompts, args) -> float:
-    ids = torch.tensor(prompts, device=next(hf.parameters()).device)
-    kw = dict(do_sample=args.temperature > 0, num_return_sequences=args.k, max_new_tokens=args.new_tokens,
-              min_new_tokens=args.new_tokens, pad_token_id=0, attention_mask=torch.ones_like(ids))
+    L = max(map(len, prompts))  # --grm: prompts of several lengths, left-padded
+    dev = next(hf.parameters()).device
+    ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts], device=dev)
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    kw = dict(do_sample=args.temperature > 0, num_return_sequences=1 if args.grm else args.k,
+              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0, attention_mask=mask)
     if args.temperature > 0:
         kw.update(temperature=args.temperature, top_p=1.0, top_k=0)
     hf.generate(ids[:1, :8], **dict(kw, max_new_tokens=4, min_new_tokens=4, attention_mask=None))  # warm-up
@@ -106,7 +145,7 @@ def run_hf(hf, prompts, args) -> float:
     t = time.perf_counter()
     out = hf.generate(ids, **kw)
     sync(hf)
-    assert out.shape == (len(prompts) * args.k, ids.shape[1] + args.new_tokens)
+    assert out.shape == (len(prompts) * kw["num_return_sequences"], ids.shape[1] + args.new_tokens)
     return time.perf_counter() - t
 
 
@@ -159,7 +198,7 @@ def overhead(args) -> float:
     model = fuse_projections(CausalLM(ModelConfig.from_dict(OVERHEAD_MODEL)).to(args.device).eval())
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, OVERHEAD_MODEL["vocab_size"], (args.prompts, args.prompt_len), generator=g).tolist()
-    engine = make_engine(model, prompts, args)
+    engine = make_engine(model, args)
     params = SamplingParams(n=args.k, temperature=args.temperature, max_tokens=args.new_tokens, ignore_eos=True, seed=0)
     medians, hosts = [], []
     for rep in range(args.repeats):
@@ -198,9 +237,13 @@ def main(argv=None):
     ap.add_argument("--kv-cache-gb", type=float, default=None,
                     help="KV cache budget in GiB on any device (default: 2 on CPU, profiled on CUDA)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    ap.add_argument("--grm", action="store_true", help="the GRM workload: k shuffled paper-template prompts per "
+                    "query (needs a model with a tokenizer: smollm2 or an HF folder)")
     ap.add_argument("--overhead", action="store_true", help="ms per decode step of a negligible model (engine work)")
     ap.add_argument("--repeats", type=int, default=3, help="--overhead: generate calls to time")
     args = ap.parse_args(argv)
+    if args.grm and args.model.startswith("random:"):
+        ap.error("--grm builds real prompts: it needs a model with a tokenizer (smollm2 or an HF folder)")
     args.prompts = args.prompts or (32 if args.overhead else 4)
     args.new_tokens = args.new_tokens or (64 if args.overhead else 128)
     with torch.no_grad():  # (a context, not set_grad_enabled: a caller's grad mode is left as it was)
@@ -215,7 +258,10 @@ def workload(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    prompts = torch.randint(100, min(vocab, 30000), (args.prompts, args.prompt_len), generator=g).tolist()
+    if args.grm:
+        prompts = grm_prompts(folder, args.prompts, args.k, args.prompt_len)
+    else:
+        prompts = torch.randint(100, min(vocab, 30000), (args.prompts, args.prompt_len), generator=g).tolist()
     n_tokens = args.prompts * args.k * args.new_tokens
 
     t_ours = run_minigrm(model, prompts, args)
@@ -231,8 +277,10 @@ def workload(args) -> None:
         hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(args.device).eval()
         rows.append(("transformers", run_hf(hf, prompts, args)))
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    print(f"\n{args.model} on {device}, {dtype}: {args.prompts} prompts x k={args.k}, "
-          f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens each (EOS ignored)")
+    what = (f"{args.prompts} GRM queries x k={args.k} shuffled prompts of {min(map(len, prompts))}-"
+            f"{max(map(len, prompts))} tokens" if args.grm else f"{args.prompts} prompts x k={args.k}, "
+            f"prompt {args.prompt_len} tokens")
+    print(f"\n{args.model} on {device}, {dtype}: {what}, {args.new_tokens} new tokens each (EOS ignored)")
     print(f"{'engine':<14}{'seconds':>10}{'tokens/s':>12}")
     for name, t in rows:
         print(f"{name:<14}{t:>10.2f}{n_tokens / t:>12.1f}")
