@@ -152,7 +152,7 @@ def part_hf(cfg, out):
     dtype = getattr(torch, cfg["dtype"])
     hf = transformers.AutoModelForCausalLM.from_pretrained(cfg["folder"], dtype=dtype).to(cfg["device"]).eval()
     w = cfg["workload"]
-    args = argparse.Namespace(temperature=w["temperature"], k=w["k"], new_tokens=w["new_tokens"])
+    args = argparse.Namespace(temperature=w["temperature"], k=w["k"], new_tokens=w["new_tokens"], grm=False)
     with torch.no_grad():
         seconds = run_hf(hf, _prompts(hf.config.vocab_size, w["prompts"], w["prompt_len"]), args)
     out.update(seconds=seconds, tokens_per_s=w["prompts"] * w["k"] * w["new_tokens"] / seconds)
