@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from minigrm import cascade
-from minigrm.cascade import build_groups, cascade_decode_attention, decode_groups
+from minigrm.cascade import build_groups, cascade_decode_attention
+from minigrm.prefix_groups import decode_groups
 from minigrm.kernels.paged_attention import paged_decode_attention_ref
 
 

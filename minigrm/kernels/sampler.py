@@ -253,7 +253,7 @@ def _fmix32_np(x):  # x: np.uint32 array, updated in place and returned
 def _words(t):
     """int64 tensor -> (low, high) 32-bit halves of its two's-complement bits, np.uint32 each
     (views of the little-endian int64s: low word first)."""
-    a = np.ascontiguousarray((t if t.device.type == "cpu" else t.cpu()).numpy(), dtype=np.int64).view(np.uint32)
+    a = np.ascontiguousarray(t.cpu().numpy(), dtype=np.int64).view(np.uint32)
     return a[0::2], a[1::2]
 
 

@@ -1,0 +1,87 @@
+"""Which decode rows share which prefix: the groups of cascade attention (cascade.py).
+
+`decode_groups(block_tables, lens, block_size, ...)` -> [(rows, n_shared_blocks)], each row's
+first private position. Pure host work on the block tables (the prefix cache makes identical token
+prefixes identical block ids), run when the decode rows change, not every step; the same groups
+feed the CPU torch path and the GPU kernels (cut to the kernel's tile by `max_rows`).
+
+The GRM workload shapes it: the k samples of a prompt share all of it, and the k shuffled prompts
+of one query share the template and the query but not the responses' order. So rows are grouped
+by their longest shared prefix when that reads fewer blocks per step (`_grouping`).
+"""
+
+
+def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1,
+                  max_rows: int | None = None, singletons: bool = False):
+    """Group decode rows by shared leading blocks. -> [(rows, n_shared_blocks)] for groups
+    of >= 2 rows that share >= min_blocks blocks (split into chunks of <= max_rows rows),
+    and each row's first private position. Rows are split into groups sharing more when that
+    reads fewer blocks per step (`_grouping`): the k shuffled GRM prompts of one query share the
+    template and the query, and each order's samples share the whole prompt. `singletons` (the
+    torch path, once some group exists): every other row with a full block is a group of one
+    over its own full blocks, so no row leaves a long suffix, whose width every row of the
+    padded torch suffix would pay."""
+    limit = [(n - 1) // block_size for n in lens]  # never share the block a query sits in
+    by_first: dict[int, list[int]] = {}
+    for r, t in enumerate(block_tables):
+        by_first.setdefault(t[0], []).append(r)
+    groups, alone = [], []
+    for rows in by_first.values():
+        g, a = _grouping(block_tables, rows, limit, max(min_blocks, 1))[1:]
+        groups += g
+        alone += a
+    start = [0] * len(block_tables)
+    for rows, n in groups:
+        for r in rows:
+            start[r] = n * block_size
+    if max_rows:
+        groups = [(rows[i:i + max_rows], n) for rows, n in groups for i in range(0, len(rows), max_rows)]
+    if singletons and groups:
+        for r in sorted(alone):
+            if limit[r]:
+                groups.append(([r], limit[r]))
+                start[r] = limit[r] * block_size
+    return groups, start
+
+
+def _grouping(tables, rows, limit, min_blocks):
+    """The cheapest grouping of rows that share their first block, by blocks read per step (a
+    group reads its prefix once, each row its blocks past it; a row alone reads all its blocks).
+    -> (cost, [(rows, n_shared)], rows left alone). Either all rows form one group over the
+    blocks they all share, or they split by their first unshared block into subgroups that share
+    more (recursively), the rest grouped over the common blocks or left alone."""
+    if len(rows) < 2:
+        return sum(limit[r] for r in rows), [], list(rows)
+    n, first = min(limit[r] for r in rows), tables[rows[0]]
+    for r in rows[1:]:
+        t = tables[r]
+        if t[:n] != first[:n]:  # bisect the common prefix: t[:lo] == first[:lo], t[:hi] != first[:hi]
+            lo, hi = 0, n
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if t[:mid] == first[:mid] else (lo, mid)
+            n = lo
+
+    def together(rs):  # rows sharing n blocks as one group (or alone, under min_blocks or single)
+        if len(rs) >= 2 and n >= min_blocks:
+            return n + sum(limit[r] - n for r in rs), [(rs, n)], []
+        return sum(limit[r] for r in rs), [], list(rs)
+
+    best = together(rows)
+    by_next: dict[int, list[int]] = {}
+    rest = []
+    for r in rows:
+        if limit[r] > n:
+            by_next.setdefault(tables[r][n], []).append(r)
+        else:
+            rest.append(r)
+    parts = [p for p in by_next.values() if len(p) >= 2]
+    if parts and len(parts[0]) < len(rows):  # a split exists
+        rest += [r for p in by_next.values() if len(p) < 2 for r in p]
+        cost, groups, alone = together(rest)
+        for p in parts:
+            c, g, a = _grouping(tables, p, limit, min_blocks)
+            cost, groups, alone = cost + c, groups + g, alone + a
+        if cost < best[0]:
+            best = (cost, groups, alone)
+    return best
