@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .kernels import use_triton
-from .prefix_groups import decode_groups
+from .prefix_groups import decode_groups, nested_groups
 
 NEG_INF = float("-inf")
 SUFFIX_CACHE_BYTES = 2**31  # torch path: the rows' dense K/V copies kept across steps, all layers together
@@ -38,7 +38,7 @@ class CascadeGroups:
     rows: torch.Tensor  # (NG, MAXR) int32 decode rows of each group, -1 = padding
     prefix_blocks: torch.Tensor  # (NG, NB) int32 physical blocks of each group's prefix, 0-padded
     prefix_len: torch.Tensor  # (NG,) int32 prefix tokens (a multiple of the block size; 0 = empty group)
-    start: torch.Tensor  # (B,) int32 each row's first private position (0 outside groups)
+    start: torch.Tensor | None  # (B,) int32 each row's first private position (0 outside groups; outer level)
     members: torch.Tensor  # (M,) int64 flat indices into rows.view(-1) that hold a row
     member_rows: torch.Tensor  # (M,) int64 rows.view(-1)[members]
     start_blocks: list[int] | None = None  # host: start // block_size per row
@@ -51,6 +51,9 @@ class CascadeGroups:
     # private keys, one token appended per step (_suffix_kv)
     row_ids: list | None = None  # host: each row's sequence id, to carry suffix K/V over a rebuild
     previous: "CascadeGroups | None" = None  # torch path: the groups these replaced (their suffix K/V)
+    first: torch.Tensor | None = None  # (NG,) int32 first position of each group's prefix (None: 0)
+    inner: "CascadeGroups | None" = None  # torch path: groups over blocks past this level's prefix
+    # (nested_groups: each order's part of the k shuffled GRM prompts), merged in the same way
 
 
 # MLA on the GPU: rows per prefix tile, each 16 heads of a 576-wide latent query (32 stacked
@@ -67,26 +70,44 @@ def kernel_group_rows(config) -> int:
 
 
 def build_groups(block_tables, lens, block_size, min_blocks, device, max_rows=None,
-                 singletons=False, dense=False) -> CascadeGroups | None:
+                 singletons=False, dense=False, nested=False) -> CascadeGroups | None:
     """`decode_groups` as tensors. When no group shares min_blocks blocks: None, or with `dense`
-    (the torch path) no groups at all: every row's whole K/V is its suffix (`_suffix_kv`)."""
-    groups, start = decode_groups(block_tables, lens, block_size, min_blocks, max_rows, singletons)
+    (the torch path) no groups at all: every row's whole K/V is its suffix (`_suffix_kv`).
+    `nested` (the torch path): `nested_groups`' two levels, the inner one as `.inner`."""
+    if nested:
+        groups, inner, start = nested_groups(block_tables, lens, block_size, min_blocks)
+    else:
+        (groups, start), inner = decode_groups(block_tables, lens, block_size, min_blocks, max_rows, singletons), []
     if not groups and not dense:
         return None
-    maxr, nb = max((len(r) for r, _ in groups), default=0), max((n for _, n in groups), default=0)
-    rows = [r + [-1] * (maxr - len(r)) for r, _ in groups]
-    blocks = [block_tables[r[0]][:n] + [0] * (nb - n) for r, n in groups]
+    g = _level(block_tables, [(r, 0, n) for r, n in groups], block_size, len(lens), device)
+    g.start = _tensor(start, torch.int32, device)
+    g.start_blocks = [x // block_size for x in start]
+    g.suffix_blocks = max(-(-n // block_size) - s for n, s in zip(lens, g.start_blocks))
+    if inner:
+        g.inner = _level(block_tables, inner, block_size, len(lens), device)
+    return g
+
+
+def _level(block_tables, groups, block_size, B, device) -> CascadeGroups:
+    """One level's groups [(rows, first block, end block)] as tensors; the rows' starts are set by
+    the caller."""
+    maxr, nb = max((len(r) for r, _, _ in groups), default=0), max((e - f for _, f, e in groups), default=0)
+    rows = [r + [-1] * (maxr - len(r)) for r, _, _ in groups]
+    blocks = [block_tables[r[0]][f:e] + [0] * (nb - e + f) for r, f, e in groups]
     padded = sum(rows, [])  # (NG * MAXR,) row per slot, -1 = padding
-    flat = [i for i, r in enumerate(padded) if r >= 0]
-    t = lambda x, dt=torch.int32: torch.tensor(x, dtype=dt).to(device, non_blocking=True)  # noqa: E731
+    t = lambda x, dt=torch.int32: _tensor(x, dt, device)  # noqa: E731
     rows_t = t(rows).view(len(groups), maxr)
-    members = t(flat, torch.int64)
-    start_blocks = [x // block_size for x in start]
-    suffix = max(-(-n // block_size) - s for n, s in zip(lens, start_blocks))
-    return CascadeGroups(rows_t, t(blocks).view(len(groups), nb), t([n * block_size for _, n in groups]), t(start),
-                         members, rows_t.view(-1)[members].long(), start_blocks, suffix,
-                         unequal_prefixes=len({n for _, n in groups}) > 1,
-                         in_order=padded == list(range(len(lens))))
+    members = t([i for i, r in enumerate(padded) if r >= 0], torch.int64)
+    return CascadeGroups(rows_t, t(blocks).view(len(groups), nb), t([(e - f) * block_size for _, f, e in groups]),
+                         None, members, rows_t.view(-1)[members].long(),
+                         unequal_prefixes=len({e - f for _, f, e in groups}) > 1,
+                         in_order=padded == list(range(B)),
+                         first=t([f * block_size for _, f, _ in groups]) if any(f for _, f, _ in groups) else None)
+
+
+def _tensor(x, dtype, device):
+    return torch.tensor(x, dtype=dtype).to(device, non_blocking=True)
 
 
 def _gather(cache, blocks):
@@ -278,7 +299,8 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
         valid = (j[None, :] < groups.prefix_len[:, None])[:, None, None, :]  # (NG, 1, 1, Lp)
     if window is not None:
         qpos = query_pos.view(NG, MAXR) if rows is None else query_pos[rows]
-        w = (j[None, None, :] > qpos[:, :, None] - window)  # (NG, MAXR, Lp)
+        kpos = j[None, None, :] if groups.first is None else j[None, None, :] + groups.first[:, None, None]
+        w = kpos > qpos[:, :, None] - window  # (NG, MAXR, Lp)
         w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
         valid = w if valid is None else valid & w
     # fused only without a window (which can leave a query no prefix key) and not for MLA, whose
@@ -294,11 +316,17 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     return out, out_lse
 
 
-def merge(o1, lse1, o2, lse2):
-    """Attention over the union of two key sets from each part's (output, log-sum-exp)."""
-    m = torch.maximum(lse1, lse2).clamp_min(-1e30)
-    w1, w2 = torch.exp(lse1 - m), torch.exp(lse2 - m)
-    return (o1 * w1[..., None] + o2 * w2[..., None]) / (w1 + w2)[..., None]
+def merge(*parts):
+    """Attention over the union of disjoint key sets from each part's (output, log-sum-exp)."""
+    m = parts[0][1]
+    for _, lse in parts[1:]:
+        m = torch.maximum(m, lse)
+    m = m.clamp_min(-1e30)
+    num = den = None
+    for o, lse in parts:
+        w = torch.exp(lse - m)
+        num, den = (o * w[..., None], w) if num is None else (num + o * w[..., None], den + w)
+    return num / den[..., None]
 
 
 def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
@@ -316,8 +344,11 @@ def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens
                          fresh)
     if groups.rows.shape[0] == 0:  # no shared prefix (dense groups): the suffix holds every key
         return o_s.reshape(B, H, v_cache.shape[-1]).to(q.dtype)
-    o_p, lse_p = _prefixes(qg, k_cache, v_cache, groups, lens - 1, softcap, window)
-    return merge(o_p, lse_p, o_s, lse_s).reshape(B, H, v_cache.shape[-1]).to(q.dtype)
+    parts, level = [(o_s, lse_s)], groups
+    while level is not None:
+        parts.append(_prefixes(qg, k_cache, v_cache, level, lens - 1, softcap, window))
+        level = level.inner
+    return merge(*parts).reshape(B, H, v_cache.shape[-1]).to(q.dtype)
 
 
 def cascade_decode_attention(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,

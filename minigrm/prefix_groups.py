@@ -7,7 +7,9 @@ feed the CPU torch path and the GPU kernels (cut to the kernel's tile by `max_ro
 
 The GRM workload shapes it: the k samples of a prompt share all of it, and the k shuffled prompts
 of one query share the template and the query but not the responses' order. So rows are grouped
-by their longest shared prefix when that reads fewer blocks per step (`_grouping`).
+by their longest shared prefix when that reads fewer blocks per step (`_grouping`). The torch path
+takes two levels (`nested_groups`): one group over what all of a query's prompts share, and in it
+subgroups over each order's part, so every shared block is read once per step.
 """
 
 
@@ -21,12 +23,9 @@ def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: in
     torch path, once some group exists): every other row with a full block is a group of one
     over its own full blocks, so no row leaves a long suffix, whose width every row of the
     padded torch suffix would pay."""
-    limit = [(n - 1) // block_size for n in lens]  # never share the block a query sits in
-    by_first: dict[int, list[int]] = {}
-    for r, t in enumerate(block_tables):
-        by_first.setdefault(t[0], []).append(r)
+    limit = _limits(lens, block_size)
     groups, alone = [], []
-    for rows in by_first.values():
+    for rows in _by_first(block_tables):
         g, a = _grouping(block_tables, rows, limit, max(min_blocks, 1))[1:]
         groups += g
         alone += a
@@ -37,11 +36,80 @@ def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: in
     if max_rows:
         groups = [(rows[i:i + max_rows], n) for rows, n in groups for i in range(0, len(rows), max_rows)]
     if singletons and groups:
-        for r in sorted(alone):
-            if limit[r]:
-                groups.append(([r], limit[r]))
-                start[r] = limit[r] * block_size
+        groups += [(r, end) for r, _, end in _singletons(alone, [0] * len(lens), limit, 1, start, block_size)]
     return groups, start
+
+
+def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1):
+    """Two levels of groups, for the torch path: rows that share their first block and >= min_blocks
+    blocks form one outer group over all they share (the template and the query of the k shuffled GRM
+    prompts), and inside it `_grouping` finds inner groups over what their rows share past that (each
+    order's part); every block shared by several rows is then read once per step. When any inner group
+    exists, every other row of an outer group with >= min_blocks full blocks past its prefix is an inner
+    group of one over them (no long suffix: the torch path pads every row's suffix to the longest).
+    Rows outside outer groups are grouped by `decode_groups(singletons=True)`'s rules.
+    -> (outer [(rows, n_blocks)], inner [(rows, first_block, end_block)], each row's first private position)"""
+    limit, min_blocks = _limits(lens, block_size), max(min_blocks, 1)
+    outer, inner, rest, alone = [], [], [], []
+    for rows in _by_first(block_tables):
+        n = _common(block_tables, rows, limit)
+        if len(rows) < 2 or n < min_blocks:
+            g, a = _grouping(block_tables, rows, limit, min_blocks)[1:]  # one level, as decode_groups
+            outer += g
+            alone += a
+            continue
+        outer.append((rows, n))
+        shifted, left = {r: block_tables[r][n:] for r in rows}, {r: limit[r] - n for r in rows}
+        g, a = _grouping(shifted, rows, left, min_blocks)[1:]
+        inner += [(rs, n, n + m) for rs, m in g]
+        rest += [(r, n) for r in a]
+    start = [0] * len(block_tables)
+    for rows, n in outer:
+        for r in rows:
+            start[r] = n * block_size
+    for rows, _, end in inner:
+        for r in rows:
+            start[r] = end * block_size
+    if inner:
+        inner += _singletons([r for r, _ in rest], dict(rest), limit, min_blocks, start, block_size)
+    if outer:
+        outer += [(r, end) for r, _, end in _singletons(alone, [0] * len(lens), limit, 1, start, block_size)]
+    return outer, inner, start
+
+
+def _limits(lens, block_size):
+    return [(n - 1) // block_size for n in lens]  # never share the block a query sits in
+
+
+def _by_first(tables):
+    """Rows by their first block (only these can share a prefix)."""
+    by_first: dict[int, list[int]] = {}
+    for r, t in enumerate(tables):
+        by_first.setdefault(t[0], []).append(r)
+    return by_first.values()
+
+
+def _singletons(rows, base, limit, min_blocks, start, block_size):
+    """Groups of one over each row's own full blocks past base[r], at least min_blocks of them:
+    [([row], base[r], end)]; the rows' start moves to the end."""
+    out = [([r], base[r], limit[r]) for r in sorted(rows) if limit[r] - base[r] >= min_blocks]
+    for (r,), _, end in out:
+        start[r] = end * block_size
+    return out
+
+
+def _common(tables, rows, limit):
+    """Blocks the rows all share, at most the least of their limits."""
+    n, first = min(limit[r] for r in rows), tables[rows[0]]
+    for r in rows[1:]:
+        t = tables[r]
+        if t[:n] != first[:n]:  # bisect the common prefix: t[:lo] == first[:lo], t[:hi] != first[:hi]
+            lo, hi = 0, n
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if t[:mid] == first[:mid] else (lo, mid)
+            n = lo
+    return n
 
 
 def _grouping(tables, rows, limit, min_blocks):
@@ -52,15 +120,7 @@ def _grouping(tables, rows, limit, min_blocks):
     more (recursively), the rest grouped over the common blocks or left alone."""
     if len(rows) < 2:
         return sum(limit[r] for r in rows), [], list(rows)
-    n, first = min(limit[r] for r in rows), tables[rows[0]]
-    for r in rows[1:]:
-        t = tables[r]
-        if t[:n] != first[:n]:  # bisect the common prefix: t[:lo] == first[:lo], t[:hi] != first[:hi]
-            lo, hi = 0, n
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if t[:mid] == first[:mid] else (lo, mid)
-            n = lo
+    n = _common(tables, rows, limit)
 
     def together(rs):  # rows sharing n blocks as one group (or alone, under min_blocks or single)
         if len(rs) >= 2 and n >= min_blocks:

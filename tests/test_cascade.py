@@ -4,7 +4,7 @@ import torch
 
 from minigrm import cascade
 from minigrm.cascade import build_groups, cascade_decode_attention
-from minigrm.prefix_groups import decode_groups
+from minigrm.prefix_groups import decode_groups, nested_groups
 from minigrm.kernels.paged_attention import paged_decode_attention_ref
 
 
@@ -192,6 +192,69 @@ def test_shuffled_prompts_group_by_their_longest_shared_prefix():
     g = build_groups(t.tolist(), lens, 4, 1, "cpu", singletons=True, dense=True)
     assert sorted(g.prefix_len.tolist()) == [24, 28, 28]
     assert (cascade_decode_attention(q, k_cache, v_cache, t, ln, g, 0.3) - ref).abs().max() < 1e-5
+
+
+def grm_tables():
+    """Block tables of the GRM workload's shape: a shared template (blocks 1-3), two queries, each
+    shown in shuffled orders (two orders of query a, three rows and one; query b's two rows one
+    order), the samples of one order sharing the whole prompt; a row of another prompt, alone."""
+    template, qa, qb = [1, 2, 3], [4], [11]
+    order1, order2, order3 = [5, 6, 7], [8, 9, 10], [12, 13]
+    tables = [template + qa + order1, template + qa + order2, template + qa + order1, template + qa + order1,
+              template + qb + order3, template + qb + order3, [20, 21, 22, 23]]
+    tables = [t + [40 + r] for r, t in enumerate(tables)]  # each row's query sits in a block of its own
+    return tables, [(len(t) - 1) * 4 + 1 + r % 3 for r, t in enumerate(tables)]
+
+
+def test_nested_groups_read_every_shared_block_once():
+    """The torch path's two levels: one outer group over what all of a template's rows share
+    (blocks 0-2), inner groups over each order's part past it (query a's order 1: rows 0, 2, 3;
+    query b's one order: rows 4, 5), the row alone in its order an inner group of one over its
+    own blocks, the row of another prompt an outer group of one. Every row's suffix starts past
+    its deepest level. One level (`decode_groups`) would read the template 2 times or the
+    order parts 3 times; here 3 + 4 + 3 + 4 + 4 blocks are read, each once."""
+    tables, lens = grm_tables()
+    outer, inner, start = nested_groups(tables, lens, 4)
+    assert outer == [([0, 1, 2, 3, 4, 5], 3), ([6], 4)]
+    assert sorted(inner) == [([0, 2, 3], 3, 7), ([1], 3, 7), ([4, 5], 3, 6)]
+    assert start == [28, 28, 28, 28, 24, 24, 16]
+    assert nested_groups(tables, lens, 4, min_blocks=4)[1] == []  # a 3-block template: too short an outer prefix
+    # no inner group (every row diverges right after the shared part): the inner level is not built
+    lone = [[1, 2, 3, 4, 20 + r, 30 + r] for r in range(4)]
+    assert nested_groups(lone, [21] * 4, 4) == ([([0, 1, 2, 3], 4)], [], [16] * 4)
+
+
+@pytest.mark.parametrize("softcap,window", [(None, None), (5.0, None), (None, 7), (5.0, 13), (None, 18)])
+def test_nested_cascade_equals_paged_attention(softcap, window):
+    """Attention over the two levels (the inner prefixes start past the outer one: the sliding
+    window is measured from their true positions) equals paged attention, step by step, with
+    the suffix buffers kept across steps and taken over when the rows change."""
+    page, Hkv, G, D = 4, 2, 2, 8
+    tables, lens = grm_tables()
+    rng = torch.Generator().manual_seed(5)
+    tables = [t + list(range(50 + 4 * r, 54 + 4 * r)) for r, t in enumerate(tables)]  # room for new tokens
+    k_cache, v_cache = torch.randn(80, page, Hkv, D, generator=rng), torch.randn(80, page, Hkv, D, generator=rng)
+    ids, groups = list(range(len(lens))), None
+    for step in range(9):
+        if step:  # one more token per row: its K/V in the cache, as store_kv does
+            for r, n in enumerate(lens):
+                k_cache[tables[r][n // page], n % page] = torch.randn(Hkv, D, generator=rng)
+                v_cache[tables[r][n // page], n % page] = torch.randn(Hkv, D, generator=rng)
+            lens = [n + 1 for n in lens]
+        if step in (0, 5):  # (re)build, as the runner: at step 5 rows 2 and 6 have finished
+            if step:
+                keep = [0, 1, 3, 4, 5]
+                tables, lens, ids = [tables[r] for r in keep], [lens[r] for r in keep], [ids[r] for r in keep]
+            old, groups = groups, build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+            groups.row_ids, groups.previous = list(ids), old
+            assert groups.inner is not None and groups.inner.first.tolist() == [12] * groups.inner.rows.shape[0]
+        groups.suffix_blocks = max(-(-n // page) - s for n, s in zip(lens, groups.start_blocks))
+        t = torch.tensor([r + [0] * (12 - len(r)) for r in tables], dtype=torch.int32)
+        ln = torch.tensor(lens, dtype=torch.int32)
+        q = torch.randn(len(lens), Hkv * G, D, generator=rng)
+        ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, softcap, window)
+        out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, softcap, window)
+        assert (out - ref).abs().max() < 1e-5, step
 
 
 def test_decode_groups_min_blocks():
