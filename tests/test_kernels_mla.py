@@ -101,6 +101,23 @@ def test_mla_cascade_equals_plain_latent_decode(triton_backend, H, R, Dr, page):
         torch.testing.assert_close(out, ref, **ATTN32)
 
 
+def test_mla_nested_groups_equal_plain_latent_decode():
+    """The torch path's two levels of shared prefixes (test_cascade.grm_tables: a template, each
+    order's part inside it, a lone order, another prompt) serve latent attention too."""
+    from test_cascade import grm_tables
+    H, R, Dr, page = 16, 64, 16, 4
+    tables, lens = grm_tables()
+    g = torch.Generator().manual_seed(1)
+    cache = torch.randn(50, page, 1, R + Dr, generator=g)
+    q = torch.randn(len(lens), H, R + Dr, generator=g) * 2
+    t = torch.tensor([r + [0] * (9 - len(r)) for r in tables], dtype=torch.int32)
+    ln = torch.tensor(lens, dtype=torch.int32)
+    groups = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+    assert groups.inner is not None
+    ref = mla_decode_attention_ref(q, cache, t, ln, 0.3, R)
+    torch.testing.assert_close(mla_cascade_decode_attention_ref(q, cache, t, ln, groups, 0.3, R), ref, **ATTN32)
+
+
 def test_mla_kernel_bf16(triton_backend):
     q, cache, tables, lens, _ = latent_case([5, 64, 99], 16, 64, 32, 16, torch.bfloat16, seed=1)
     args = (q, cache, tables, lens, 0.2, 64)
