@@ -8,7 +8,10 @@ splits each sequence's keys into its group's shared prefix and its private suffi
     suffix:  each sequence against its own remaining blocks
     merge:   o = (o_p * e^(lse_p - m) + o_s * e^(lse_s - m)) / (e^(lse_p - m) + e^(lse_s - m))
 
-which is exact (softmax over a union of key sets, recombined by log-sum-exp).
+which is exact (softmax over a union of key sets, recombined by log-sum-exp). The torch path
+takes a second level of prefixes (`CascadeGroups.inner`, prefix_groups.nested_groups): the k
+shuffled GRM prompts of a query share the template, and each order's rows the part past it;
+each level is stacked against its own prefix and all parts are merged at once.
 
 `CascadeGroups` describes the groups of one decode batch; it only changes when rows come or
 go, so the runner rebuilds it then, not every step (`build_groups`; which rows share what:
