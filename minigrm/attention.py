@@ -77,6 +77,7 @@ class DecodeAttention:
         self.rope = rope
         self.fused_rope = rope is not None
         self.all_valid = all_valid  # no padding rows (eager steps): the torch store skips masking
+        self.memo = {}  # what every layer's CPU cascade computes alike this step (cascade._shared)
 
     def attend(self, module, q, k, v):
         kc, vc = self.k_cache[module.layer_idx], self.v_cache[module.layer_idx]
@@ -84,7 +85,8 @@ class DecodeAttention:
         store_kv(k[0], v[0], kc, vc, self.slot_mapping, self.all_valid)
         if self.groups is not None:
             out = cascade_decode_attention(q, kc, vc, self.tables, self.lens, self.groups,
-                                           module.scale, module.softcap, module.window, fresh=(k[0], v[0]))
+                                           module.scale, module.softcap, module.window, fresh=(k[0], v[0]),
+                                           memo=self.memo)
         else:
             out = paged_decode_attention(q, kc, vc, self.tables, self.lens, module.scale, module.softcap, module.window)
         return out[None]

@@ -175,7 +175,17 @@ def _capped(s, softcap):
     return s if softcap is None else softcap * torch.tanh(s / softcap)
 
 
-def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups, fresh=None):
+def _shared(memo, key, make):
+    """A value every layer of one decode step computes alike (positions, masks): made by the first
+    layer and kept in the step's `memo` (a dict the decoder's backend passes; None: no memo)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups, fresh=None, memo=None):
     """Each row's private keys and values from `start` on: K (B, Hkv, L, D) and V (B, Hkv, L, Dv)
     fp32, L = suffix_blocks pages: views of buffers kept across steps and group rebuilds
     (`_suffix_buffers`), into which only this step's token, just stored in the paged cache, is
@@ -186,13 +196,13 @@ def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroup
     B, L = start.shape[0], groups.suffix_blocks * page
     k, v = _suffix_buffers(k_cache, v_cache, block_tables, start, groups, layer)
     k, v = k[:B, :, :L], v[:B, :, :L]
-    pos = lens - 1
     if fresh is None:
+        pos = lens - 1
         slot = block_tables.gather(1, (pos // page)[:, None])[:, 0].long() * page + pos % page  # (B,)
         k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
     else:  # rounded to the cache's dtype as stored: the same values the cache holds
         k_new, v_new = (x if x.dtype == k_cache.dtype == torch.float32 else x.to(k_cache.dtype).float() for x in fresh)
-    rows, col = torch.arange(B, device=pos.device), pos - start
+    rows, col = _shared(memo, "suffix_write", lambda: (torch.arange(B, device=lens.device), lens - 1 - start))
     k[rows, :, col] = k_new
     v[rows, :, col] = v_new
     return k, v
@@ -265,20 +275,23 @@ def _grow(buf, rows: int, width: int, k_cache, v_cache):
     return k, v
 
 
-def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window, fresh=None):
+def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, window, fresh=None, memo=None):
     """Each row against its own keys from `start` on (`_suffix_kv`). q (B, Hkv, G, D) fp32,
     pre-scaled. -> (out (B, Hkv, G, Dv) fp32, lse (B, Hkv, G))."""
-    k, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups, fresh)  # (B, Hkv, L, D | Dv)
-    col = torch.arange(v.shape[2], device=q.device)  # (L,) position - start
-    last = (lens - 1 - start)[:, None]  # (B, 1) the query's column
-    valid = col <= last  # (B, L)
-    if window is not None:
-        valid &= col > last - window
+    k, v = _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups, fresh, memo)  # (B, Hkv, L, D | Dv)
+
+    def mask():  # (B, 1, 1, L) additive: the row's columns up to its query (and within the window)
+        col = torch.arange(v.shape[2], device=q.device)  # (L,) position - start
+        last = (lens - 1 - start)[:, None]  # (B, 1) the query's column
+        valid = col <= last  # (B, L)
+        if window is not None:
+            valid &= col > last - window
+        return _bias(valid)[:, None, None, :]
     # fused: ~2x faster than matmuls and a softmax for B = 256 tiny attentions (each query keeps its own key)
-    return _attention(q, k, v, _bias(valid)[:, None, None, :], softcap)
+    return _attention(q, k, v, _shared(memo, ("suffix_mask", v.shape[2], window), mask), softcap)
 
 
-def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, window):
+def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, window, memo=None):
     """Every group's rows stacked against its shared prefix, read once per group.
     q (B, Hkv, G, D) fp32, pre-scaled -> (out (B, Hkv, G, Dv), lse (B, Hkv, G)); lse = -inf
     outside groups."""
@@ -293,23 +306,27 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     k, v = groups.prefix_kv[key]  # (NG, Hkv, Lp, D), (NG, Hkv, Lp, Dv)
     Dv = v.shape[-1]
     Lp = k.shape[-2]
-    rows = None if groups.in_order else groups.rows.long().clamp_min(0)  # (NG, MAXR); padding reads row 0, dropped
+    # (NG, MAXR); padding reads row 0, dropped
+    rows = None if groups.in_order else _shared(memo, ("rows", id(groups)), lambda: groups.rows.long().clamp_min(0))
     qs = (q if rows is None else q.index_select(0, rows.view(-1))).view(NG, MAXR, Hkv, G, D)
     qs = qs.transpose(1, 2).reshape(NG, Hkv, MAXR * G, D)  # queries stacked per KV head
-    valid = None
-    j = torch.arange(Lp, device=q.device) if groups.unequal_prefixes or window is not None else None
-    if groups.unequal_prefixes:  # mask the padding
-        valid = (j[None, :] < groups.prefix_len[:, None])[:, None, None, :]  # (NG, 1, 1, Lp)
-    if window is not None:
-        qpos = query_pos.view(NG, MAXR) if rows is None else query_pos[rows]
-        kpos = j[None, None, :] if groups.first is None else j[None, None, :] + groups.first[:, None, None]
-        w = kpos > qpos[:, :, None] - window  # (NG, MAXR, Lp)
-        w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
-        valid = w if valid is None else valid & w
+
+    def mask():  # additive, (NG, 1, 1 | MAXR * G, Lp), or None: every key of every prefix seen
+        valid = None
+        j = torch.arange(Lp, device=q.device) if groups.unequal_prefixes or window is not None else None
+        if groups.unequal_prefixes:  # mask the padding
+            valid = (j[None, :] < groups.prefix_len[:, None])[:, None, None, :]  # (NG, 1, 1, Lp)
+        if window is not None:
+            qpos = query_pos.view(NG, MAXR) if rows is None else query_pos[rows]
+            kpos = j[None, None, :] if groups.first is None else j[None, None, :] + groups.first[:, None, None]
+            w = kpos > qpos[:, :, None] - window  # (NG, MAXR, Lp)
+            w = w[:, :, None, :].expand(NG, MAXR, G, Lp).reshape(NG, 1, MAXR * G, Lp)
+            valid = w if valid is None else valid & w
+        return None if valid is None else _bias(valid)
     # fused only without a window (which can leave a query no prefix key) and not for MLA, whose
     # 576-wide latent rows against long prefixes run faster as two matmuls (bench_deepseek shapes)
     fused = window is None and not _latent(k, v)
-    o, lse = _attention(qs, k, v, None if valid is None else _bias(valid), softcap, fused)
+    o, lse = _attention(qs, k, v, _shared(memo, ("prefix_mask", id(groups), G, window), mask), softcap, fused)
     o = o.view(NG, Hkv, MAXR, G, Dv).permute(0, 2, 1, 3, 4).reshape(NG * MAXR, Hkv, G, Dv)
     lse = lse.view(NG, Hkv, MAXR, G).permute(0, 2, 1, 3).reshape(NG * MAXR, Hkv, G)
     if groups.in_order:  # the stacked rows are the batch's rows: nothing to scatter
@@ -333,34 +350,37 @@ def merge(*parts):
 
 
 def cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
-                                 scale, softcap=None, window=None, fresh=None):
+                                 scale, softcap=None, window=None, fresh=None, memo=None):
     """q (B, H, D); block_tables (B, max_blocks); context_lens (B,); groups.suffix_blocks >=
     every row's blocks past its start. -> (B, H, Dv), equal to paged decode attention. Torch,
     no loop over groups. MLA: k_cache the latent rows (one KV head of R + Dr), v_cache their
     first R columns (a view), q the absorbed queries: latent attention with shared prefixes.
-    `fresh` (optional): the (K, V) rows (B, Hkv, D | Dv) of each row's last position, just stored."""
+    `fresh` (optional): the (K, V) rows (B, Hkv, D | Dv) of each row's last position, just stored.
+    `memo` (optional): a dict the layers of one decode step share, so what they compute alike
+    (positions, masks) is computed once per step (the torch path is bound by op count)."""
     B, H, D = q.shape
     Hkv = k_cache.shape[2]
     qg = (q.float() * scale).view(B, Hkv, H // Hkv, D)  # scores come out scaled
-    lens = context_lens.long()
-    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, groups.start.long(), groups, softcap, window,
-                         fresh)
+    lens, start = _shared(memo, "lens", lambda: (context_lens.long(), groups.start.long()))
+    o_s, lse_s = _suffix(qg, k_cache, v_cache, block_tables, lens, start, groups, softcap, window, fresh, memo)
     if groups.rows.shape[0] == 0:  # no shared prefix (dense groups): the suffix holds every key
         return o_s.reshape(B, H, v_cache.shape[-1]).to(q.dtype)
     parts, level = [(o_s, lse_s)], groups
+    query_pos = _shared(memo, "query_pos", lambda: lens - 1)
     while level is not None:
-        parts.append(_prefixes(qg, k_cache, v_cache, level, lens - 1, softcap, window))
+        parts.append(_prefixes(qg, k_cache, v_cache, level, query_pos, softcap, window, memo))
         level = level.inner
     return merge(*parts).reshape(B, H, v_cache.shape[-1]).to(q.dtype)
 
 
 def cascade_decode_attention(q, k_cache, v_cache, block_tables, context_lens, groups: CascadeGroups,
-                             scale, softcap=None, window=None, fresh=None):
+                             scale, softcap=None, window=None, fresh=None, memo=None):
     """Shared-prefix decode attention: Triton kernels on CUDA, the torch path otherwise (which
-    takes the step's own K/V rows as `fresh`, when given, instead of reading them back)."""
+    takes the step's own K/V rows as `fresh`, when given, instead of reading them back, and
+    shares what every layer computes alike through the step's `memo`)."""
     if use_triton(q):
         from .kernels.cascade_attention import cascade_decode_attention_triton
         return cascade_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, groups,
                                                scale, softcap, window)
     return cascade_decode_attention_ref(q, k_cache, v_cache, block_tables, context_lens, groups,
-                                        scale, softcap, window, fresh)
+                                        scale, softcap, window, fresh, memo)

@@ -158,6 +158,40 @@ def test_cascade_takes_the_steps_own_kv_and_in_order_rows(window, monkeypatch):
     assert (out - ref[perm]).abs().max() < 1e-5
 
 
+def test_layers_of_a_step_share_positions_and_masks():
+    """The decoder's backend hands every layer of a decode step the same `memo`: positions and
+    masks are made by the first layer and reused (fewer ops per layer: the torch path is bound by
+    op count), keyed by what they depend on, so layers with and without a sliding window
+    (Gemma-2 alternates them) each get their own masks and still equal paged attention."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.n += 1
+            return func(*args, **(kwargs or {}))
+    page, Hkv, G, D = 4, 2, 2, 8
+    tables, lens = grm_tables()
+    rng = torch.Generator().manual_seed(2)
+    t = torch.tensor([r + [0] * (9 - len(r)) for r in tables], dtype=torch.int32)
+    ln = torch.tensor(lens, dtype=torch.int32)
+    groups = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+    memo, ops = {}, []
+    for layer, window in enumerate([None, 6, None, 6]):  # one decode step through four layers
+        k_cache, v_cache = torch.randn(50, page, Hkv, D, generator=rng), torch.randn(50, page, Hkv, D, generator=rng)
+        q = torch.randn(len(lens), Hkv * G, D, generator=rng)
+        ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, None, window)
+        Ops.n = 0
+        with Ops():
+            out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, None, window, memo=memo)
+        ops.append(Ops.n)
+        assert (out - ref).abs().max() < 1e-5, layer
+    assert ops[2] < ops[0] and ops[3] < ops[1]  # the second layer of each kind makes no masks
+    assert {k for k in memo if isinstance(k, tuple) and k[0] == "suffix_mask"} == {("suffix_mask", 4, None),
+                                                                                    ("suffix_mask", 4, 6)}
+
+
 def test_groups_never_share_the_block_a_query_sits_in():
     tables = [[7, 8, 9], [7, 8, 5]]
     groups, start = decode_groups(tables, lens=[9, 8], block_size=4)  # row 1 sits in block 8
