@@ -177,9 +177,12 @@ def test_layers_of_a_step_share_positions_and_masks():
     t = torch.tensor([r + [0] * (9 - len(r)) for r in tables], dtype=torch.int32)
     ln = torch.tensor(lens, dtype=torch.int32)
     groups = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+    # each layer's cache lives as long as the groups, as the engine's do (groups key their copies by its address)
+    caches = [(torch.randn(50, page, Hkv, D, generator=rng), torch.randn(50, page, Hkv, D, generator=rng))
+              for _ in range(4)]
     memo, ops = {}, []
     for layer, window in enumerate([None, 6, None, 6]):  # one decode step through four layers
-        k_cache, v_cache = torch.randn(50, page, Hkv, D, generator=rng), torch.randn(50, page, Hkv, D, generator=rng)
+        k_cache, v_cache = caches[layer]
         q = torch.randn(len(lens), Hkv * G, D, generator=rng)
         ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, None, window)
         Ops.n = 0
