@@ -73,16 +73,17 @@ def kernel_group_rows(config) -> int:
 
 
 def build_groups(block_tables, lens, block_size, min_blocks, device, max_rows=None,
-                 singletons=False, dense=False, nested=False) -> CascadeGroups | None:
-    """`decode_groups` as tensors. When no group shares min_blocks blocks: None, or with `dense`
-    (the torch path) no groups at all: every row's whole K/V is its suffix (`_suffix_kv`).
-    `nested` (the torch path): `nested_groups`' two levels, the inner one as `.inner`."""
-    if nested:
+                 torch_path=False) -> CascadeGroups | None:
+    """The GPU kernels' groups (`decode_groups`: one level, cut to max_rows) as tensors, None when
+    no group shares min_blocks blocks; or with `torch_path` `nested_groups`' two levels (the inner
+    one as `.inner`), and groups even when none is shared: every row's whole K/V is then its
+    suffix (`_suffix_kv`)."""
+    if torch_path:
         groups, inner, start = nested_groups(block_tables, lens, block_size, min_blocks)
     else:
-        (groups, start), inner = decode_groups(block_tables, lens, block_size, min_blocks, max_rows, singletons), []
-    if not groups and not dense:
-        return None
+        (groups, start), inner = decode_groups(block_tables, lens, block_size, min_blocks, max_rows), []
+        if not groups:
+            return None
     g = _level(block_tables, [(r, 0, n) for r, n in groups], block_size, len(lens), device)
     g.start = _tensor(start, torch.int32, device)
     g.start_blocks = [x // block_size for x in start]

@@ -14,15 +14,13 @@ subgroups over each order's part, so every shared block is read once per step.
 
 
 def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: int, min_blocks: int = 1,
-                  max_rows: int | None = None, singletons: bool = False):
-    """Group decode rows by shared leading blocks. -> [(rows, n_shared_blocks)] for groups
-    of >= 2 rows that share >= min_blocks blocks (split into chunks of <= max_rows rows),
-    and each row's first private position. Rows are split into groups sharing more when that
-    reads fewer blocks per step (`_grouping`): the k shuffled GRM prompts of one query share the
-    template and the query, and each order's samples share the whole prompt. `singletons` (the
-    torch path, once some group exists): every other row with a full block is a group of one
-    over its own full blocks, so no row leaves a long suffix, whose width every row of the
-    padded torch suffix would pay."""
+                  max_rows: int | None = None):
+    """One level, for the GPU kernels: group decode rows by shared leading blocks. -> [(rows,
+    n_shared_blocks)] for groups of >= 2 rows that share >= min_blocks blocks (split into chunks
+    of <= max_rows rows), and each row's first private position. Rows are split into groups
+    sharing more when that reads fewer blocks per step (`_grouping`): the k shuffled GRM prompts
+    of one query share the template and the query, and each order's samples share the whole
+    prompt."""
     limit = _limits(lens, block_size)
     groups, alone = [], []
     for rows in _by_first(block_tables):
@@ -35,8 +33,6 @@ def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: in
             start[r] = n * block_size
     if max_rows:
         groups = [(rows[i:i + max_rows], n) for rows, n in groups for i in range(0, len(rows), max_rows)]
-    if singletons and groups:
-        groups += [(r, end) for r, _, end in _singletons(alone, [0] * len(lens), limit, 1, start, block_size)]
     return groups, start
 
 
@@ -47,7 +43,9 @@ def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: in
     order's part); every block shared by several rows is then read once per step. When any inner group
     exists, every other row of an outer group with >= min_blocks full blocks past its prefix is an inner
     group of one over them (no long suffix: the torch path pads every row's suffix to the longest).
-    Rows outside outer groups are grouped by `decode_groups(singletons=True)`'s rules.
+    Rows outside outer groups are grouped as `decode_groups` groups them, and once some group exists
+    every row left alone with a full block is an outer group of one over its full blocks: no row
+    leaves a long suffix, whose width every row of the padded torch suffix would pay.
     -> (outer [(rows, n_blocks)], inner [(rows, first_block, end_block)], each row's first private position)"""
     limit, min_blocks = _limits(lens, block_size), max(min_blocks, 1)
     outer, inner, rest, alone = [], [], [], []

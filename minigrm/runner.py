@@ -106,8 +106,7 @@ class ModelRunner:
         if not use_triton(st.lens):  # torch path: groups always (dense: none, when no prefix is shared), so
             # each row's K/V is gathered once and grown a token per step (cascade._suffix_kv), carried over
             # from the old groups for the rows that stay; two levels of shared prefixes (nested_groups)
-            self.groups = build_groups(tables, lens, self.block_size, min_blocks, self.device, singletons=True,
-                                       dense=True, nested=True)
+            self.groups = build_groups(tables, lens, self.block_size, min_blocks, self.device, torch_path=True)
             self.groups.row_ids, self.groups.previous = [s.seq_id for s in seqs], old
             if old is not None:
                 old.previous = None  # one generation back only

@@ -59,8 +59,8 @@ def test_cascade_unequal_prefixes_and_split_groups(window):
     (the torch path) give the same attention."""
     q, k_cache, v_cache, t, ln, tables, lens = cascade_case(2, 2, 16, groups=(5, 2, 3, 1), prefix_blocks=[6, 2, 4, 3])
     ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, 0.25, 3.0, window)
-    for max_rows, singletons in ((None, False), (2, False), (1, False), (None, True)):
-        groups = build_groups(tables, lens, 4, 1, "cpu", max_rows, singletons)
+    for max_rows, torch_path in ((None, False), (2, False), (1, False), (None, True)):
+        groups = build_groups(tables, lens, 4, 1, "cpu", max_rows, torch_path)
         assert sorted(groups.prefix_len.tolist())[-1] == 24
         out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, 0.25, 3.0, window)
         assert (out - ref).abs().max() < 1e-5
@@ -92,7 +92,7 @@ def test_cascade_over_decode_steps_keeps_equal(softcap, window, budget, monkeypa
     ids = list(range(6))
 
     def regroup(previous):  # as the runner: tensors of the rows, groups carrying the previous ones' K/V
-        g = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True)
+        g = build_groups(tables, lens, page, 1, "cpu", torch_path=True)
         g.row_ids, g.previous = list(ids), previous
         return torch.tensor([r + [-1] * (8 - len(r)) for r in tables], dtype=torch.int32), g
 
@@ -176,7 +176,7 @@ def test_layers_of_a_step_share_positions_and_masks():
     rng = torch.Generator().manual_seed(2)
     t = torch.tensor([r + [0] * (9 - len(r)) for r in tables], dtype=torch.int32)
     ln = torch.tensor(lens, dtype=torch.int32)
-    groups = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+    groups = build_groups(tables, lens, page, 1, "cpu", torch_path=True)
     # each layer's cache lives as long as the groups, as the engine's do (groups key their copies by its address)
     caches = [(torch.randn(50, page, Hkv, D, generator=rng), torch.randn(50, page, Hkv, D, generator=rng))
               for _ in range(4)]
@@ -200,9 +200,9 @@ def test_groups_never_share_the_block_a_query_sits_in():
     groups, start = decode_groups(tables, lens=[9, 8], block_size=4)  # row 1 sits in block 8
     assert groups == [([0, 1], 1)] and start == [4, 4]
     assert decode_groups([[1, 2], [3, 4]], [5, 5], 4) == ([], [0, 0])
-    assert decode_groups([[1, 2], [3, 4]], [5, 5], 4, singletons=True) == ([], [0, 0])  # no group: no cascade
-    groups, start = decode_groups([[7, 8, 9], [7, 8, 5], [3, 4, 6]], [9, 8, 10], 4, singletons=True)
-    assert groups == [([0, 1], 1), ([2], 2)] and start == [4, 4, 8]
+    assert nested_groups([[1, 2], [3, 4]], [5, 5], 4) == ([], [], [0, 0])  # no group: no cascade
+    # the torch path, once a group exists: a lone row with full blocks is a group of one over them
+    assert nested_groups([[7, 8, 9], [7, 8, 5], [3, 4, 6]], [9, 8, 10], 4) == ([([0, 1], 1), ([2], 2)], [], [4, 4, 8])
 
 
 def test_shuffled_prompts_group_by_their_longest_shared_prefix():
@@ -226,7 +226,7 @@ def test_shuffled_prompts_group_by_their_longest_shared_prefix():
     k_cache, v_cache = torch.randn(n_blocks, 4, 2, 8, generator=rng), torch.randn(n_blocks, 4, 2, 8, generator=rng)
     q = torch.randn(6, 4, 8, generator=rng)
     ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, 0.3)
-    g = build_groups(t.tolist(), lens, 4, 1, "cpu", singletons=True, dense=True)
+    g = build_groups(t.tolist(), lens, 4, 1, "cpu")
     assert sorted(g.prefix_len.tolist()) == [24, 28, 28]
     assert (cascade_decode_attention(q, k_cache, v_cache, t, ln, g, 0.3) - ref).abs().max() < 1e-5
 
@@ -282,7 +282,7 @@ def test_nested_cascade_equals_paged_attention(softcap, window):
             if step:
                 keep = [0, 1, 3, 4, 5]
                 tables, lens, ids = [tables[r] for r in keep], [lens[r] for r in keep], [ids[r] for r in keep]
-            old, groups = groups, build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+            old, groups = groups, build_groups(tables, lens, page, 1, "cpu", torch_path=True)
             groups.row_ids, groups.previous = list(ids), old
             assert groups.inner is not None and groups.inner.first.tolist() == [12] * groups.inner.rows.shape[0]
         groups.suffix_blocks = max(-(-n // page) - s for n, s in zip(lens, groups.start_blocks))

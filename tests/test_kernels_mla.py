@@ -89,8 +89,8 @@ def test_mla_cascade_equals_plain_latent_decode(triton_backend, H, R, Dr, page):
     group stacked MLA_GROUP_ROWS at a time, the GPU's tiles) with any split counts."""
     q, cache, t, ln, tables, lens = shared_latent_case((3, 2, 1, 4), (3, 1, 2, 2), H, R, Dr, page, seed=H)
     ref = mla_decode_attention_ref(q, cache, t, ln, 0.3, R)
-    for max_rows, singletons in ((None, False), (None, True), (1, False)):
-        groups = build_groups(tables, lens, page, 1, "cpu", max_rows, singletons)
+    for max_rows, torch_path in ((None, False), (None, True), (1, False)):
+        groups = build_groups(tables, lens, page, 1, "cpu", max_rows, torch_path)
         torch.testing.assert_close(mla_cascade_decode_attention_ref(q, cache, t, ln, groups, 0.3, R), ref, **ATTN32)
     groups = build_groups(tables, lens, page, 1, "cpu", MLA_GROUP_ROWS)
     assert groups.rows.shape == (5, MLA_GROUP_ROWS)  # 3 = 2 + 1, 2, 4 = 2 + 2 (the lone row: no group)
@@ -112,7 +112,7 @@ def test_mla_nested_groups_equal_plain_latent_decode():
     q = torch.randn(len(lens), H, R + Dr, generator=g) * 2
     t = torch.tensor([r + [0] * (9 - len(r)) for r in tables], dtype=torch.int32)
     ln = torch.tensor(lens, dtype=torch.int32)
-    groups = build_groups(tables, lens, page, 1, "cpu", singletons=True, dense=True, nested=True)
+    groups = build_groups(tables, lens, page, 1, "cpu", torch_path=True)
     assert groups.inner is not None
     ref = mla_decode_attention_ref(q, cache, t, ln, 0.3, R)
     torch.testing.assert_close(mla_cascade_decode_attention_ref(q, cache, t, ln, groups, 0.3, R), ref, **ATTN32)
