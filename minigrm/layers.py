@@ -129,6 +129,11 @@ def causal_attention(q, k, v, scale: float, softcap: float | None = None, window
     """
     Tq, Tk = q.shape[1], k.shape[1]
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+    if softcap is None and window is None and Tq == Tk:  # the plain causal mask: SDPA's own, no mask tensor
+        # (the flash kernels skip the blocks above the diagonal: on CPU bit for bit the masked call, 1.1-1.5x
+        # faster forward and backward; on CUDA it admits the flash backend, which an explicit mask rules out)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+        return out.transpose(1, 2)
     i = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]  # query positions
     j = torch.arange(Tk, device=q.device)[None, :]  # key positions
     allowed = j <= i  # (Tq, Tk)

@@ -93,3 +93,39 @@ def test_greedy_generate_matches_transformers(tmp_path):
     ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                       eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     assert out == ref
+
+
+def test_causal_attention_uses_sdpas_own_causal_mask(monkeypatch):
+    """Plain causal attention (no window, no softcap, as many queries as keys: every training and
+    scoring forward) goes to SDPA with is_causal and no mask tensor: on CPU bit for bit the
+    explicitly masked call, forward and backward, with grouped heads. Windows, softcaps and
+    queries after a cached prefix keep the explicit mask."""
+    import torch.nn.functional as F
+
+    from minigrm.layers import causal_attention
+    calls, sdpa = [], F.scaled_dot_product_attention
+    def recorded(*a, **kw):
+        calls.append((kw.get("is_causal", False), kw.get("attn_mask") is None))
+        return sdpa(*a, **kw)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recorded)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 150, h, 32, generator=g).requires_grad_() for h in (6, 2, 2))  # (B, T, H, D)
+    grads = []
+    for explicit in (False, True):
+        for t in (q, k, v):
+            t.grad = None
+        if explicit:  # the masked call itself
+            allowed = torch.arange(150)[None, :] <= torch.arange(150)[:, None]
+            qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+            out = sdpa(qt, kt, vt, attn_mask=allowed, scale=0.2, enable_gqa=True).transpose(1, 2)
+        else:
+            out = causal_attention(q, k, v, 0.2)
+        out.backward(torch.ones_like(out))
+        grads.append([out.detach()] + [t.grad.clone() for t in (q, k, v)])
+    assert calls == [(True, True)]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    calls.clear()
+    with torch.no_grad():
+        causal_attention(q, k, v, 0.2, window=16)
+        causal_attention(q[:, -10:], k, v, 0.2)  # 10 queries after 140 cached keys
+    assert calls == [(False, False), (False, False)]
