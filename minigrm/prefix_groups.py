@@ -1,9 +1,10 @@
 """Which decode rows share which prefix: the groups of cascade attention (cascade.py).
 
-`decode_groups(block_tables, lens, block_size, ...)` -> [(rows, n_shared_blocks)], each row's
-first private position. Pure host work on the block tables (the prefix cache makes identical token
-prefixes identical block ids), run when the decode rows change, not every step; the same groups
-feed the CPU torch path and the GPU kernels (cut to the kernel's tile by `max_rows`).
+    decode_groups(block_tables, lens, block_size, ...)  -> (groups, start)          the GPU kernels
+    nested_groups(block_tables, lens, block_size, ...)  -> (outer, inner, start)   the CPU torch path
+
+Pure host work on the block tables (the prefix cache makes identical token prefixes identical
+block ids), run when the decode rows change, not every step.
 
 The GRM workload shapes it: the k samples of a prompt share all of it, and the k shuffled prompts
 of one query share the template and the query but not the responses' order. So rows are grouped
@@ -48,7 +49,8 @@ def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: in
     leaves a long suffix, whose width every row of the padded torch suffix would pay.
     -> (outer [(rows, n_blocks)], inner [(rows, first_block, end_block)], each row's first private position)"""
     limit, min_blocks = _limits(lens, block_size), max(min_blocks, 1)
-    outer, inner, rest, alone = [], [], [], []
+    outer, inner, alone = [], [], []
+    rest: dict[int, int] = {}  # row -> its outer prefix's blocks, for rows in no inner group
     for rows in _by_first(block_tables):
         n = _common(block_tables, rows, limit)
         if len(rows) < 2 or n < min_blocks:
@@ -60,7 +62,7 @@ def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: in
         shifted, left = {r: block_tables[r][n:] for r in rows}, {r: limit[r] - n for r in rows}
         g, a = _grouping(shifted, rows, left, min_blocks)[1:]
         inner += [(rs, n, n + m) for rs, m in g]
-        rest += [(r, n) for r in a]
+        rest.update((r, n) for r in a)
     start = [0] * len(block_tables)
     for rows, n in outer:
         for r in rows:
@@ -69,7 +71,7 @@ def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: in
         for r in rows:
             start[r] = end * block_size
     if inner:
-        inner += _singletons([r for r, _ in rest], dict(rest), limit, min_blocks, start, block_size)
+        inner += _singletons(rest, rest, limit, min_blocks, start, block_size)
     if outer:
         outer += [(r, end) for r, _, end in _singletons(alone, [0] * len(lens), limit, 1, start, block_size)]
     return outer, inner, start
