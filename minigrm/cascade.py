@@ -15,12 +15,12 @@ each level is stacked against its own prefix and all parts are merged at once.
 
 `CascadeGroups` describes the groups of one decode batch; it only changes when rows come or
 go, so the runner rebuilds it then, not every step (`build_groups`; which rows share what:
-prefix_groups.py). Here is the torch path
-(the CPU path): every group at once, padded to the longest prefix and the largest group, no
-Python loop over groups; each row's suffix K/V is gathered once and then grows by one token
-per step (O(rows) per step, not O(rows x suffix)). On CUDA `cascade_decode_attention` runs the
-Triton kernels of kernels/cascade_attention.py with the same groups. Both are pinned to the plain paged
-attention reference (`kernels.paged_attention.paged_decode_attention_ref`) by
+prefix_groups.py). Here is the torch path (the CPU path): every group of a level at once, padded
+to the longest prefix and the largest group, no Python loop over groups; each row's suffix K/V is
+gathered once and then grows by one token per step (O(rows) per step, not O(rows x suffix)); what
+every layer computes alike (positions, masks) is made once per step (`_shared`). On CUDA
+`cascade_decode_attention` runs the Triton kernels of kernels/cascade_attention.py on one level of
+groups. Both are pinned to the plain paged attention reference (`kernels.paged_attention.paged_decode_attention_ref`) by
 tests/test_cascade.py. MLA (latent attention: one KV head, V = the first R columns of K) uses
 the same torch path with v_cache a view of k_cache (one gather serves both), and its own
 kernels on CUDA (kernels/mla_decode.py).
