@@ -203,7 +203,8 @@ def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroup
         k_new, v_new = _gather_kv(k_cache.flatten(0, 1), v_cache.flatten(0, 1), slot)  # (B, Hkv, D | Dv)
     else:  # rounded to the cache's dtype as stored: the same values the cache holds
         k_new, v_new = (x if x.dtype == k_cache.dtype == torch.float32 else x.to(k_cache.dtype).float() for x in fresh)
-    rows, col = _shared(memo, "suffix_write", lambda: (torch.arange(B, device=lens.device), lens - 1 - start))
+    rows = _shared(memo, "rows_arange", lambda: torch.arange(B, device=lens.device))
+    col = _shared(memo, "query_col", lambda: lens - 1 - start)  # (B,) each row's query, counted from its start
     k[rows, :, col] = k_new
     v[rows, :, col] = v_new
     return k, v
@@ -283,7 +284,7 @@ def _suffix(q, k_cache, v_cache, block_tables, lens, start, groups, softcap, win
 
     def mask():  # (B, 1, 1, L) additive: the row's columns up to its query (and within the window)
         col = torch.arange(v.shape[2], device=q.device)  # (L,) position - start
-        last = (lens - 1 - start)[:, None]  # (B, 1) the query's column
+        last = _shared(memo, "query_col", lambda: lens - 1 - start)[:, None]  # (B, 1) the query's column
         valid = col <= last  # (B, L)
         if window is not None:
             valid &= col > last - window

@@ -22,16 +22,9 @@ def decode_groups(block_tables: list[list[int]], lens: list[int], block_size: in
     sharing more when that reads fewer blocks per step (`_grouping`): the k shuffled GRM prompts
     of one query share the template and the query, and each order's samples share the whole
     prompt."""
-    limit = _limits(lens, block_size)
-    groups, alone = [], []
-    for rows in _by_first(block_tables):
-        g, a = _grouping(block_tables, rows, limit, max(min_blocks, 1))[1:]
-        groups += g
-        alone += a
-    start = [0] * len(block_tables)
-    for rows, n in groups:
-        for r in rows:
-            start[r] = n * block_size
+    limit, min_blocks = _limits(lens, block_size), max(min_blocks, 1)
+    groups = [g for rows in _by_first(block_tables) for g in _grouping(block_tables, rows, limit, min_blocks)[1]]
+    start = _starts(len(block_tables), groups, block_size)
     if max_rows:
         groups = [(rows[i:i + max_rows], n) for rows, n in groups for i in range(0, len(rows), max_rows)]
     return groups, start
@@ -63,13 +56,7 @@ def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: in
         g, a = _grouping(shifted, rows, left, min_blocks)[1:]
         inner += [(rs, n, n + m) for rs, m in g]
         rest.update((r, n) for r in a)
-    start = [0] * len(block_tables)
-    for rows, n in outer:
-        for r in rows:
-            start[r] = n * block_size
-    for rows, _, end in inner:
-        for r in rows:
-            start[r] = end * block_size
+    start = _starts(len(block_tables), outer + [(rows, end) for rows, _, end in inner], block_size)  # inner last
     if inner:
         inner += _singletons(rest, rest, limit, min_blocks, start, block_size)
     if outer:
@@ -79,6 +66,15 @@ def nested_groups(block_tables: list[list[int]], lens: list[int], block_size: in
 
 def _limits(lens, block_size):
     return [(n - 1) // block_size for n in lens]  # never share the block a query sits in
+
+
+def _starts(B, groups, block_size):
+    """Each row's first private position: the end of the last of `groups` [(rows, end_block)] it is in."""
+    start = [0] * B
+    for rows, end in groups:
+        for r in rows:
+            start[r] = end * block_size
+    return start
 
 
 def _by_first(tables):
