@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .config import SLIDING, ModelConfig
 from .fused import fused_linear
-from .layers import MLP, RMSNorm, RotaryEmbedding, apply_rope_qk, causal_attention
+from .layers import MLP, LMHead, RMSNorm, RotaryEmbedding, apply_rope_qk, causal_attention
 from .mla import MLAttention
 from .moe import MoE
 
@@ -134,7 +134,7 @@ class CausalLM(nn.Module):
         if config.is_classifier:
             self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=False)
             self.tie_weights()
 
     def tie_weights(self):

@@ -129,3 +129,28 @@ def test_causal_attention_uses_sdpas_own_causal_mask(monkeypatch):
         causal_attention(q, k, v, 0.2, window=16)
         causal_attention(q[:, -10:], k, v, 0.2)  # 10 queries after 140 cached keys
     assert calls == [(False, False), (False, False)]
+
+
+def test_lm_head_in_vocabulary_slices_equals_one_call(monkeypatch):
+    """LMHead's CPU inference path (2+ rows, no autograd) multiplies by slices of the vocabulary:
+    bit for bit F.linear, for a vocabulary not a multiple of the slice, 3-d inputs and any row
+    count; one row, autograd and a vocabulary within one slice keep the single call."""
+    import torch.nn.functional as F
+
+    from minigrm.layers import LMHead
+    g = torch.Generator().manual_seed(0)
+    head = LMHead(96, 2 * LMHead.VOCAB_SLICE + 77, bias=False)
+    torch.nn.init.normal_(head.weight, generator=g)
+    mms, mm = [], torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **kw: mms.append(1) or mm(*a, **kw))
+    for shape in [(2, 96), (33, 96), (3, 5, 96), (300, 96)]:
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            assert torch.equal(head(x), F.linear(x, head.weight))
+    assert len(mms) == 4 * 3  # three slices per call
+    mms.clear()
+    with torch.no_grad():
+        head(torch.randn(1, 96))  # one row
+    x = torch.randn(4, 96, requires_grad=True)
+    head(x).sum().backward()  # autograd: the differentiable call
+    assert x.grad is not None and mms == []
