@@ -91,6 +91,24 @@ def test_reference_noise_only_where_it_can_win_equals_noise_everywhere(monkeypat
     assert (dense == 102).sum() > 10 and (dense == 103).any()  # runners-up 4 and 6 behind won (~25, ~3 expected)
 
 
+def test_sparse_argmax_equals_argmax_of_the_filled_matrix():
+    """The sparse path's argmax over given entries (the rest -inf) without building the matrix:
+    argmax's answer, first column on ties (integer scores: many), entries in any order."""
+    from minigrm.kernels.sampler import _argmax, _sparse_argmax
+    g = torch.Generator().manual_seed(0)
+    B, V = 40, 3000
+    for _ in range(5):
+        keep = torch.rand(B, V, generator=g) < 0.01
+        keep[torch.arange(B), torch.randint(0, V, (B,), generator=g)] = True  # one entry per row at least
+        rows, cols = keep.nonzero(as_tuple=True)
+        perm = torch.randperm(rows.numel(), generator=g)
+        rows, cols = rows[perm], cols[perm]
+        score = torch.randint(-2, 3, (rows.numel(),), generator=g).float()
+        full = torch.full((B, V), -torch.inf)
+        full[rows, cols] = score
+        assert torch.equal(_sparse_argmax(score, rows, cols, B, V), _argmax(full))
+
+
 def test_many_seeds_temperature_and_top_p():
     # many draws over one small vocabulary: the hash, the noise and the kept sets all agree
     rows = [(0.5 + 0.1 * (i % 7), (0, 5, 40)[i % 3], (1.0, 0.9, 0.5, 0.99)[i % 4]) for i in range(24)]

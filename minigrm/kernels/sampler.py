@@ -296,6 +296,15 @@ def _argmax(x):
     return x.max(-1).indices
 
 
+def _sparse_argmax(score, rows, cols, B: int, V: int):
+    """argmax's answer for a (B, V) matrix that is -inf except score[i] at (rows[i], cols[i]), every
+    row holding one entry at least, without building it: each row's largest score, then the first
+    column holding it (argmax's tie rule). Two scatters over the entries, not two passes over B x V."""
+    best = score.new_full((B,), -torch.inf).scatter_reduce_(0, rows, score, "amax")  # (B,)
+    at_best = score == best[rows]
+    return cols.new_full((B,), V).scatter_reduce_(0, rows[at_best], cols[at_best], "amin")
+
+
 def _gumbel_argmax(z, T, tau, seeds, steps):
     """argmax over {z >= tau} of z / T + g, drawing noise only for tokens that can win (or for
     all, without gathers, when most can: flat distributions and small vocabularies)."""
@@ -309,10 +318,8 @@ def _gumbel_argmax(z, T, tau, seeds, steps):
         if SPARSE_FRACTION * int(torch.count_nonzero(contenders)) <= B * V:  # peaked rows
             flat = np.flatnonzero(contenders.cpu().numpy())  # row-major
             rows, cols = (torch.from_numpy(i).to(z.device) for i in (flat // V, flat % V))
-            noisy = torch.full_like(z, -torch.inf)
             g = torch.log(-torch.log(uniform(seeds, steps, V, rows, cols)))  # minus the noise
-            noisy[rows, cols] = z[rows, cols] / T[rows, 0] - g
-            return _argmax(noisy)
+            return _sparse_argmax(z[rows, cols] / T[rows, 0] - g, rows, cols, B, V)
     score = z / T if tau is None else torch.where(z >= tau, z / T, -torch.inf)  # (B, V)
     return _argmax(score.sub_(uniform(seeds, steps, V).log_().neg_().log_()))  # every token: in place
 
