@@ -52,6 +52,7 @@ class CascadeGroups:
     # while these groups stand (their blocks are shared and full: never rewritten meanwhile)
     suffix_kv: dict = field(default_factory=dict)  # torch path: each layer's (K, V) buffers of the rows'
     # private keys, one token appended per step (_suffix_kv)
+    caches: dict = field(default_factory=dict)  # torch path: the layers' K caches the two dicts are keyed by (_layer)
     row_ids: list | None = None  # host: each row's sequence id, to carry suffix K/V over a rebuild
     previous: "CascadeGroups | None" = None  # torch path: the groups these replaced (their suffix K/V)
     first: torch.Tensor | None = None  # (NG,) int32 first position of each group's prefix (None: 0)
@@ -186,6 +187,15 @@ def _shared(memo, key, make):
     return memo[key]
 
 
+def _layer(groups: CascadeGroups, k_cache) -> int:
+    """The key of a layer's entries in the groups' per-layer dicts: its K cache's address. The
+    groups hold the cache, so no other tensor takes that address while they stand (a freed cache's
+    address, reused by another layer's, would otherwise find the freed one's gathered K/V)."""
+    key = k_cache.data_ptr()
+    groups.caches[key] = k_cache
+    return key
+
+
 def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroups, fresh=None, memo=None):
     """Each row's private keys and values from `start` on: K (B, Hkv, L, D) and V (B, Hkv, L, Dv)
     fp32, L = suffix_blocks pages: views of buffers kept across steps and group rebuilds
@@ -193,7 +203,7 @@ def _suffix_kv(k_cache, v_cache, block_tables, lens, start, groups: CascadeGroup
     copied: O(B) per step, not O(B * L). `fresh`: that token's (K, V) rows (B, Hkv, D | Dv) as the
     step computed them (the decoder's backend passes them: no read back from the cache); None: read
     back. Columns past a row's query are stale or zero: the caller masks them."""
-    page, layer = k_cache.shape[1], k_cache.data_ptr()
+    page, layer = k_cache.shape[1], _layer(groups, k_cache)
     B, L = start.shape[0], groups.suffix_blocks * page
     k, v = _suffix_buffers(k_cache, v_cache, block_tables, start, groups, layer)
     k, v = k[:B, :, :L], v[:B, :, :L]
@@ -299,7 +309,7 @@ def _prefixes(q, k_cache, v_cache, groups: CascadeGroups, query_pos, softcap, wi
     outside groups."""
     B, Hkv, G, D = q.shape
     NG, MAXR = groups.rows.shape
-    key = k_cache.data_ptr()
+    key = _layer(groups, k_cache)
     if key not in groups.prefix_kv:  # gathered once per layer while the groups stand
         k, v = _gather_kv(k_cache, v_cache, groups.prefix_blocks)  # (NG, NB, page, Hkv, D | Dv)
         k = k.flatten(1, 2).transpose(1, 2).contiguous()

@@ -177,12 +177,11 @@ def test_layers_of_a_step_share_positions_and_masks():
     t = torch.tensor([r + [0] * (9 - len(r)) for r in tables], dtype=torch.int32)
     ln = torch.tensor(lens, dtype=torch.int32)
     groups = build_groups(tables, lens, page, 1, "cpu", torch_path=True)
-    # each layer's cache lives as long as the groups, as the engine's do (groups key their copies by its address)
-    caches = [(torch.randn(50, page, Hkv, D, generator=rng), torch.randn(50, page, Hkv, D, generator=rng))
-              for _ in range(4)]
     memo, ops = {}, []
     for layer, window in enumerate([None, 6, None, 6]):  # one decode step through four layers
-        k_cache, v_cache = caches[layer]
+        # each layer's cache is dropped after it: the groups hold it, so the next layer's (same size)
+        # cannot take its address and find its gathered K/V (the groups key them by the address)
+        k_cache, v_cache = torch.randn(50, page, Hkv, D, generator=rng), torch.randn(50, page, Hkv, D, generator=rng)
         q = torch.randn(len(lens), Hkv * G, D, generator=rng)
         ref = paged_decode_attention_ref(q, k_cache, v_cache, t, ln, D**-0.5, None, window)
         Ops.n = 0
@@ -190,6 +189,7 @@ def test_layers_of_a_step_share_positions_and_masks():
             out = cascade_decode_attention(q, k_cache, v_cache, t, ln, groups, D**-0.5, None, window, memo=memo)
         ops.append(Ops.n)
         assert (out - ref).abs().max() < 1e-5, layer
+        del k_cache, v_cache
     assert ops[2] < ops[0] and ops[3] < ops[1]  # the second layer of each kind makes no masks
     assert {k for k in memo if isinstance(k, tuple) and k[0] == "suffix_mask"} == {("suffix_mask", 4, None),
                                                                                     ("suffix_mask", 4, 6)}
