@@ -361,11 +361,13 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None, ki
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
-# The torch path draws rows in chunks of <= TORCH_CHUNK logits: its (rows, V) fp32 and uint32
-# temporaries then stay in cache and in memory the allocator reuses. Whole-batch temporaries are
-# many MB (B = 32, V = 49k: 6 MB per op), and a fresh allocation that large page-faults on
-# first touch: 77 ms -> 32 ms per draw there on the 2-core CPU (one row of 152k logits: 1.2 MB).
-TORCH_CHUNK = 2**18
+# The torch path draws rows in chunks of <= TORCH_CHUNK logits, so that each (rows, V) fp32 or
+# uint32 temporary (16 MB at most) stays under the 32 MB up to which the engine has glibc keep
+# freed memory (memory.keep_freed_memory): reused, never page-faulted in again. Above it every
+# op's temporary is a fresh mapping (batch 256 x 152k logits whole: 156 MB per op). Per draw
+# on 2 AMD EPYC vCPUs, chunks of 2**18 -> 2**22 logits: 32 x 49k 5.4 -> 4.2 ms, 256 x 49k 51 ->
+# 38, 32 x 152k 33 -> 14, 256 x 152k 251 -> 107 (2**24: page faults again, slower).
+TORCH_CHUNK = 2**22
 
 
 def sample(logits, temperature, top_k, top_p, seeds, steps, softcap=None, block_v=4096, kinds=None):
