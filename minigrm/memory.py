@@ -22,9 +22,10 @@ from .kv_cache import kv_bytes_per_token
 
 CPU_DEFAULT_BYTES = 2 * 2**30
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEPT_BLOCK_BYTES = 32 * 2**20  # freed blocks up to this size stay in the process (keep_freed_memory)
 
 
-def keep_freed_memory(mmap_threshold: int = 32 * 2**20, trim_threshold: int = 2**30) -> bool:
+def keep_freed_memory(mmap_threshold: int = KEPT_BLOCK_BYTES, trim_threshold: int = 2**30) -> bool:
     """CPU decode steps allocate and free the same temporaries every step, many of them 128 KB
     to tens of MB (batch x vocabulary logits and the sampler's noise, suffix K/V). glibc hands
     blocks that large back to the kernel on free (mmap, heap trim), so each step page-faults

@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from minigrm.kernels import cuda_ms, use_triton
+from minigrm.memory import KEPT_BLOCK_BYTES
 
 
 @triton.jit
@@ -297,9 +298,8 @@ def _argmax(x):
 
 
 def _sparse_argmax(score, rows, cols, B: int, V: int):
-    """argmax's answer for a (B, V) matrix that is -inf except score[i] at (rows[i], cols[i]), every
-    row holding one entry at least, without building it: each row's largest score, then the first
-    column holding it (argmax's tie rule). Two scatters over the entries, not two passes over B x V."""
+    """argmax of the (B, V) matrix that is -inf but score[i] at (rows[i], cols[i]) (>= 1 per row), not built:
+    each row's best score, then the first column holding it (argmax's tie rule), by two scatters."""
     best = score.new_full((B,), -torch.inf).scatter_reduce_(0, rows, score, "amax")  # (B,)
     at_best = score == best[rows]
     return cols.new_full((B,), V).scatter_reduce_(0, rows[at_best], cols[at_best], "amin")
@@ -361,13 +361,9 @@ def sample_ref(logits, temperature, top_k, top_p, seeds, steps, softcap=None, ki
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
-# The torch path draws rows in chunks of <= TORCH_CHUNK logits, so that each (rows, V) fp32 or
-# uint32 temporary (16 MB at most) stays under the 32 MB up to which the engine has glibc keep
-# freed memory (memory.keep_freed_memory): reused, never page-faulted in again. Above it every
-# op's temporary is a fresh mapping (batch 256 x 152k logits whole: 156 MB per op). Per draw
-# on 2 AMD EPYC vCPUs, chunks of 2**18 -> 2**22 logits: 32 x 49k 5.4 -> 4.2 ms, 256 x 49k 51 ->
-# 38, 32 x 152k 33 -> 14, 256 x 152k 251 -> 107 (2**24: page faults again, slower).
-TORCH_CHUNK = 2**22
+# Row chunks of <= TORCH_CHUNK logits: each 4-byte (rows, V) temporary (16 MB) stays under the size up to
+# which the engine keeps freed memory, never page-faulted in again (memory.py; figures: docs/engine.md).
+TORCH_CHUNK = KEPT_BLOCK_BYTES // 2 // 4
 
 
 def sample(logits, temperature, top_k, top_p, seeds, steps, softcap=None, block_v=4096, kinds=None):
