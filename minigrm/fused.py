@@ -18,10 +18,14 @@ rounding; tests/test_fused.py pins them).
 
 Why: a decode step at small batch is bound by reading the weights and by kernel launches;
 one (q + k + v) GEMM reads the same bytes in one launch instead of three.
+In the engine's steps on CPU that one matmul goes through a weight packed once for oneDNN
+(packed.py); o_proj and down_proj take the same path as one-projection calls.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import packed
 
 
 def _consecutive(ts) -> bool:
@@ -57,7 +61,8 @@ def fused_linear(x, *linears):
         if not _consecutive(bs):
             return [lin(x) for lin in linears]
         b = _whole(bs, sum(sizes))
-    return F.linear(x, w, b).split(sizes, dim=-1)
+    out = packed.linear(x, linears[0], w, b, ws)  # CPU: through a weight packed once (packed.py), or None
+    return (F.linear(x, w, b) if out is None else out).split(sizes, dim=-1)
 
 
 def _fuse(linears) -> bool:

@@ -191,4 +191,4 @@ class MLP(nn.Module):
     def forward(self, x):
         g, u = fused_linear(x, self.gate_proj, self.up_proj)  # one matmul when fused (fused.py)
         g = F.gelu(g, approximate="tanh") if self.gelu else F.silu(g)
-        return self.down_proj(g * u)
+        return fused_linear(g * u, self.down_proj)[0]

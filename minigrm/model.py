@@ -61,7 +61,7 @@ class Attention(nn.Module):
             y = causal_attention(q, k, v, self.scale, self.softcap, self.window)
         else:
             y = attn.attend(self, q, k, v)  # the engine's paged KV cache
-        return self.o_proj(y.reshape(B, T, self.n_heads * self.head_dim))
+        return fused_linear(y.reshape(B, T, self.n_heads * self.head_dim), self.o_proj)[0]
 
 
 class DecoderLayer(nn.Module):

@@ -18,6 +18,7 @@ step returns the sequences in that order with their tokens.
 """
 import torch
 
+from . import packed
 from .attention import DecodeAttention, PrefillAttention, Rope
 from .cascade import build_groups, kernel_group_rows
 from .decode_state import DecodeState
@@ -67,6 +68,7 @@ class ModelRunner:
         return Rope(positions, self.model.model.rotary_emb.inv_freq)
 
     @torch.inference_mode()
+    @packed.weights()  # CPU: the large projections through weights packed once (packed.py)
     def step(self, prefill, decode) -> tuple[list, list[int], list[float]]:
         """Run the scheduled prompt chunks and decoding sequences. -> (sequences that sampled,
         in row order, their tokens, their logprobs)."""
