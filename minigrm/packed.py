@@ -54,9 +54,8 @@ def weights():
 def applies(x, w) -> bool:
     """The packed path serves this product: inside weights(), fp32 on an x86 CPU, a weight large
     enough, no grad (and not an inference tensor: those keep no version counter)."""
-    return (ENABLED and getattr(_scope, "on", False) and x.device.type == "cpu"
-            and x.dtype == w.dtype == torch.float32 and w.numel() >= PACK_MIN_NUMEL
-            and not torch.is_grad_enabled() and not w.is_inference())
+    return (ENABLED and getattr(_scope, "on", False) and w.numel() >= PACK_MIN_NUMEL and x.device.type == "cpu"
+            and x.dtype == w.dtype == torch.float32 and not torch.is_grad_enabled() and not w.is_inference())
 
 
 def is_packed(owner) -> bool:
