@@ -91,7 +91,7 @@ def test_model_forward_with_every_projection_packed(tmp_path, monkeypatch):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     layer = model.model.layers[0]
     assert all(packed.is_packed(m) for m in (layer.self_attn.q_proj, layer.self_attn.o_proj,
-                                                       layer.mlp.gate_proj, layer.mlp.down_proj))
+                                                       layer.mlp.gate_proj, layer.mlp.down_proj, model.lm_head))
     x = torch.randn(3, model.config.hidden_size)
     with torch.no_grad(), packed.weights():
         for a, b in zip(fused_linear(x, layer.mlp.gate_proj, layer.mlp.up_proj),
@@ -109,7 +109,7 @@ def test_the_engine_steps_inside_the_scope(tmp_path, monkeypatch):
     assert not packed.is_packed(model.model.layers[0].mlp.down_proj)
     engine = minigrm.Engine(model, None, progress=False)
     out = engine.generate([prompt], minigrm.SamplingParams(temperature=0, max_tokens=8))
-    assert packed.is_packed(model.model.layers[0].mlp.down_proj)
+    assert packed.is_packed(model.model.layers[0].mlp.down_proj) and packed.is_packed(model.lm_head)
     assert out[0][0].token_ids == ref
     twin = copy.deepcopy(model)  # the packed copies are not the module's attributes: deepcopy works
     assert not packed.is_packed(twin.model.layers[0].mlp.down_proj)
