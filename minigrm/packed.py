@@ -3,9 +3,10 @@ weight laid out once in oneDNN's blocked format, instead of through MKL on the r
 
 At decode batch sizes (a few to a few hundred rows) MKL's sgemm runs well below the machine's
 peak; oneDNN with a weight packed ahead of time does not repack it per call. Measured on 2 AMD
-EPYC vCPUs (Zen 3), SmolLM2-135M at 32 rows: the GRM workload's decode step 311 -> 275 ms and
-388 -> 323 ms (medians of ~64 steps, the two paths alternating step by step in one run),
-`bench --grm --no-hf` 60.7 -> 49.1 s (docs/engine.md).
+EPYC vCPUs (Zen 3), SmolLM2-135M at 32 rows: the layers' projections in the GRM workload's decode
+step 311 -> 275 ms and 388 -> 323 ms (medians of ~64 steps, the two paths alternating step by step
+in one run); with the LM head (layers.LMHead) too, `bench --grm --no-hf` 57.4 -> 43.9 s (means of
+two alternating runs; docs/engine.md).
 
 Only inside `weights()`, the context the engine's runner steps in (runner.ModelRunner.step): the
 model's own forward keeps the row-major product, bit for bit transformers' (tests/test_smollm2.py),
@@ -13,16 +14,16 @@ and training never packs. There `linear(x, owner, w, b)`, which `fused.fused_lin
 no-grad fast path, returns x @ w^T + b through the packed copy when x and w are fp32 on an x86 CPU
 with oneDNN and w has at least PACK_MIN_NUMEL entries (below that oneDNN's ~25 us per call loses to
 MKL: the demo's and the tests' tiny models never pack), else None and the caller multiplies as
-before. The packed copy is kept for `owner` (the first nn.Linear of the projection) with a key of
-every source weight's address and version counter: an optimizer step, `copy_`,
-`load_state_dict` or a `.data` re-assignment changes the key and the next call packs again (GRPO's
-rollouts pack once per update).
+before (LMHead calls it too). The packed copy is kept for `owner` (the first nn.Linear of the
+projection) with a key of every source weight's address and version counter: an optimizer step,
+`copy_`, `load_state_dict` or a `.data` re-assignment changes the key and the next call packs
+again (GRPO's rollouts pack once per update; ~0.5 s for SmolLM2).
 
-Cost: a second copy of those weights in memory (SmolLM2: +425 MB) while the model lives. Results
-equal the row-major product up to float rounding (the libraries sum in another order; SmolLM2's
-logits move by ~1e-4 of ~40), pinned by tests/test_packed.py. An in-place write to the storage the
-weights are views of, other than through the parameters, is not seen: nothing in minigrm writes
-so. MINIGRM_PACKED=0 turns the path off.
+Cost: a second copy of those weights in memory (SmolLM2: +538 MB, the head's 113 included) while
+the model lives. Results equal the row-major product up to float rounding (the libraries sum in
+another order; SmolLM2's logits move by ~1e-4 of ~40), pinned by tests/test_packed.py. An
+in-place write to the storage the weights are views of, other than through the parameters, is
+not seen: nothing in minigrm writes so. MINIGRM_PACKED=0 turns the path off.
 """
 import contextlib
 import os
