@@ -19,7 +19,7 @@ rounding; tests/test_fused.py pins them).
 Why: a decode step at small batch is bound by reading the weights and by kernel launches;
 one (q + k + v) GEMM reads the same bytes in one launch instead of three.
 In the engine's steps on CPU that one matmul goes through a weight packed once for oneDNN
-(packed.py); o_proj and down_proj take the same path as one-projection calls.
+(packed.py; o_proj and down_proj through packed.project).
 """
 import torch
 import torch.nn.functional as F
@@ -50,10 +50,6 @@ def _whole(ts, rows: int):
 
 def fused_linear(x, *linears):
     """[l(x) for l in linears], in one matmul when the weights are fused and no grad is needed."""
-    if len(linears) == 1:  # o_proj, down_proj: a packed weight in the engine's CPU steps, else the layer
-        lin = linears[0]
-        out = packed.linear(x, lin, lin.weight, lin.bias) if type(lin) is nn.Linear else None
-        return [lin(x) if out is None else out]
     ws = [lin.weight for lin in linears]
     if torch.is_grad_enabled() or any(type(lin) is not nn.Linear for lin in linears) or not _consecutive(ws):
         return [lin(x) for lin in linears]

@@ -197,4 +197,4 @@ class MLP(nn.Module):
     def forward(self, x):
         g, u = fused_linear(x, self.gate_proj, self.up_proj)  # one matmul when fused (fused.py)
         g = F.gelu(g, approximate="tanh") if self.gelu else F.silu(g)
-        return fused_linear(g * u, self.down_proj)[0]
+        return packed.project(g * u, self.down_proj)

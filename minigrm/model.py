@@ -22,6 +22,7 @@ own backend (paged KV cache) with the same `attend(layer, q, k, v)` signature.
 import torch
 import torch.nn as nn
 
+from . import packed
 from .config import SLIDING, ModelConfig
 from .fused import fused_linear
 from .layers import MLP, LMHead, RMSNorm, RotaryEmbedding, apply_rope_qk, causal_attention
@@ -61,7 +62,7 @@ class Attention(nn.Module):
             y = causal_attention(q, k, v, self.scale, self.softcap, self.window)
         else:
             y = attn.attend(self, q, k, v)  # the engine's paged KV cache
-        return fused_linear(y.reshape(B, T, self.n_heads * self.head_dim), self.o_proj)[0]
+        return packed.project(y.reshape(B, T, self.n_heads * self.head_dim), self.o_proj)
 
 
 class DecoderLayer(nn.Module):

@@ -14,10 +14,11 @@ and training never packs. There `linear(x, owner, w, b)`, which `fused.fused_lin
 no-grad fast path, returns x @ w^T + b through the packed copy when x and w are fp32 on an x86 CPU
 with oneDNN and w has at least PACK_MIN_NUMEL entries (below that oneDNN's ~25 us per call loses to
 MKL: the demo's and the tests' tiny models never pack), else None and the caller multiplies as
-before (LMHead calls it too). The packed copy is kept for `owner` (the first nn.Linear of the
-projection) with a key of every source weight's address and version counter: an optimizer step,
-`copy_`, `load_state_dict` or a `.data` re-assignment changes the key and the next call packs
-again (GRPO's rollouts pack once per update; ~0.5 s for SmolLM2).
+before (LMHead calls it too; `project(x, lin)` wraps it for one projection). The packed copy is
+kept for `owner` (the first nn.Linear of the projection) with a key of every source weight's
+address and version counter: an optimizer step, `copy_`, `load_state_dict` or a `.data`
+re-assignment changes the key and the next call packs again (GRPO's rollouts pack once per
+update; ~0.5 s for SmolLM2).
 
 Cost: a second copy of those weights in memory (SmolLM2: +538 MB, the head's 113 included) while
 the model lives. Results equal the row-major product up to float rounding (the libraries sum in
@@ -75,6 +76,12 @@ def packed_weight(owner, w, sources):
     if kept is None or kept[0] != key:
         kept = _kept[owner] = (key, torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None))
     return kept[1]
+
+
+def project(x, lin):
+    """lin(x) for one nn.Linear (o_proj, down_proj), through its packed weight where that applies."""
+    out = linear(x, lin, lin.weight, lin.bias) if type(lin) is torch.nn.Linear else None  # (LoRA: its own forward)
+    return lin(x) if out is None else out
 
 
 def linear(x, owner, w, b=None, sources=None):
